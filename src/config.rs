@@ -1,0 +1,545 @@
+//! Every setting herald has, named once.
+//!
+//! Each key is declared a single time in a `section!` block below: that one declaration gives the field of the
+//! typed section struct the rest of the server reads (`Limits`, `Timeouts`, ...), its default, its TOML key
+//! (`[limits] max_message_size = "1MiB"`), its CLI flag (`--max-message-size 1MiB`) and its `--help` text (the
+//! doc comment). Precedence: CLI flag, then the TOML file given with `--config`, then the default.
+//! Sizes accept `1024`, `64KiB`, `1MiB`, `1GiB` (also `KB`/`MB` as powers of ten); durations accept `500ms`,
+//! `30s`, `2m`, `1h`. Invalid values fail at start with a message naming the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong form (the message names it).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// A value is well-formed but not allowed.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The key, as `section.name`.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A byte size, written `1024`, `64KiB`, `1MiB`, `16MiB`, `1GiB` (or `KB`/`MB`/`GB`, powers of ten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// `n` KiB.
+    pub const fn kib(n: u64) -> Size {
+        Size(n * 1024)
+    }
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Size {
+        Size(n * 1024 * 1024)
+    }
+    /// The size as a `usize` (saturating on 32-bit targets).
+    pub fn bytes(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB)")),
+        };
+        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size `{s}` overflows"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n != 0 && n.is_multiple_of(1 << 30) {
+            write!(f, "{}GiB", n >> 30)
+        } else if n != 0 && n.is_multiple_of(1 << 20) {
+            write!(f, "{}MiB", n >> 20)
+        } else if n != 0 && n.is_multiple_of(1 << 10) {
+            write!(f, "{}KiB", n >> 10)
+        } else {
+            write!(f, "{n}")
+        }
+    }
+}
+
+/// A duration, written `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 2m)"))?;
+        let secs = match unit.trim() {
+            "ms" => n / 1000.0,
+            "" | "s" => n,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h)")),
+        };
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+            return Err(format!("duration `{s}` is out of range"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// What happens to a subscriber whose queued outbound bytes would pass `max_backpressure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 1008 "slow consumer" (counted in metrics). The default.
+    Close,
+    /// Drop the new message for that subscriber only (counted in metrics).
+    Drop,
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "close" => Ok(SlowConsumerPolicy::Close),
+            "drop" => Ok(SlowConsumerPolicy::Drop),
+            other => Err(format!("`{other}` is not a slow-consumer policy (close or drop)")),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" | "text" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not a log format (human or json)")),
+        }
+    }
+}
+
+/// A list of CPU ids: `0,1`, `0-3`, `0-1,4`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CpuList(pub Vec<usize>);
+
+impl FromStr for CpuList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cpus = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || format!("`{part}` is not a CPU id or range (e.g. 0,1 or 0-3)");
+            if let Some((a, b)) = part.split_once('-') {
+                let a: usize = a.trim().parse().map_err(|_| bad())?;
+                let b: usize = b.trim().parse().map_err(|_| bad())?;
+                if a > b || b - a > 4096 {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            } else {
+                cpus.push(part.parse().map_err(|_| bad())?);
+            }
+        }
+        Ok(CpuList(cpus))
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|c| c.to_string()).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Deserializes any of the `FromStr` setting types from a TOML string, or from an integer for sizes/durations.
+macro_rules! deserialize_via_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw { Int(u64), Str(String) }
+                let text = match Raw::deserialize(d)? { Raw::Int(n) => n.to_string(), Raw::Str(s) => s };
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList);
+
+/// Declares one config section: the typed struct, its defaults, its TOML table and its CLI flags.
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        $name:ident, $file:ident, $args:ident, $heading:literal {
+            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr ; )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name { $( $(#[doc = $doc])* pub $field: $ty, )* }
+
+        impl Default for $name {
+            fn default() -> Self { Self { $( $field: $default, )* } }
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $file { $( #[serde(default)] $field: Option<$ty>, )* }
+
+        #[doc = concat!("Command-line flags of the `", $heading, "` section (each overrides the file).")]
+        #[derive(Debug, Default, Clone, clap::Args)]
+        #[command(next_help_heading = $heading)]
+        pub struct $args {
+            $( $(#[doc = $doc])* #[arg(long, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
+        }
+
+        impl $name {
+            fn merge(&mut self, file: Option<$file>, cli: &$args) {
+                if let Some(file) = file { $( if let Some(v) = file.$field { self.$field = v; } )* }
+                $( if let Some(v) = &cli.$field { self.$field = v.clone(); } )*
+            }
+        }
+    };
+}
+
+section! {
+    /// Where and how the server runs (`[server]`).
+    ServerSettings, ServerFile, ServerArgs, "Server" {
+        /// Address to listen on (default 127.0.0.1:8080). Port 0 binds a free port shared by every worker.
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        /// Worker threads, one event loop each (default 0 = one per available core).
+        workers: usize = 0;
+        /// CPUs to pin the workers to, e.g. `0,1` or `0-3` (default: all available, in order).
+        cpus: CpuList = CpuList::default();
+        /// Log format: human or json (default human). The level comes from RUST_LOG (default info).
+        log_format: LogFormat = LogFormat::Human;
+        /// Pin each worker to a core (default true; `--no-pin` turns it off).
+        pin: bool = true;
+    }
+}
+
+section! {
+    /// Size and count limits (`[limits]`). Every one is enforced, counted in metrics when hit, and tested.
+    Limits, LimitsFile, LimitsArgs, "Limits" {
+        /// Most open connections per process; past it, new connections get 503 (default 0 = derived from the
+        /// open-files limit minus a reserve of 100 descriptors).
+        max_connections: usize = 0;
+        /// Most open connections from one IP address; past it, 503 (default 0 = no limit).
+        max_connections_per_ip: usize = 0;
+        /// Largest message after reassembly (default 1MiB); larger gets close 1009, a larger POST body 413.
+        max_message_size: Size = Size::mib(1);
+        /// Largest single frame payload (default: equal to max_message_size); larger gets close 1009.
+        max_frame_size: Size = Size(0);
+        /// Largest HTTP request head (default 8KiB); larger gets 431.
+        max_request_head: Size = Size::kib(8);
+        /// Most topics one connection may subscribe to (default 128).
+        max_subscriptions: usize = 128;
+        /// Most topics with local subscribers per worker (default 100000).
+        max_topics_per_worker: usize = 100_000;
+        /// Cap on one connection's queued outbound bytes (default 1MiB); past it the slow-consumer policy applies.
+        max_backpressure: Size = Size::mib(1);
+        /// What to do with a subscriber past max_backpressure: close (1008) or drop (default close).
+        slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy::Close;
+        /// Bytes read from one socket per read call; read buffers are pooled per worker (default 16KiB).
+        read_buffer: Size = Size::kib(16);
+        /// Frames for one topic coalesced into one shared buffer per loop turn, up to this size (default 64KiB).
+        coalesce_limit: Size = Size::kib(64);
+        /// Capacity of each worker's cross-worker inbox, in batches; when full, publishers feeding it are paused
+        /// (default 4096).
+        inbox_capacity: usize = 4096;
+    }
+}
+
+section! {
+    /// Timeouts (`[timeouts]`).
+    Timeouts, TimeoutsFile, TimeoutsArgs, "Timeouts" {
+        /// Time allowed from TCP accept to a complete request head; then the connection is closed (default 5s).
+        handshake_timeout: Dur = Dur(Duration::from_secs(5));
+        /// Interval between server pings on an otherwise quiet connection (default 30s; 0 disables).
+        ping_interval: Dur = Dur(Duration::from_secs(30));
+        /// A connection that sent nothing (not even a pong) for this long is closed with 1001 (default 120s;
+        /// 0 disables).
+        idle_timeout: Dur = Dur(Duration::from_secs(120));
+        /// Time to wait for the peer's close frame (or EOF) after ours before dropping the socket (default 5s).
+        close_timeout: Dur = Dur(Duration::from_secs(5));
+        /// On SIGTERM/SIGINT, time to flush queued messages and close frames before exiting (default 10s).
+        shutdown_timeout: Dur = Dur(Duration::from_secs(10));
+    }
+}
+
+/// The whole configuration, after defaults, the file and the CLI have been merged and validated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `[limits]`
+    pub limits: Limits,
+    /// `[timeouts]`
+    pub timeouts: Timeouts,
+}
+
+/// The TOML file layout.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<ServerFile>,
+    limits: Option<LimitsFile>,
+    timeouts: Option<TimeoutsFile>,
+}
+
+/// Every command-line flag.
+#[derive(Debug, Default, Clone, clap::Parser)]
+#[command(name = "herald", version, about = "herald: a thread-per-core WebSocket push and broadcast server")]
+pub struct Cli {
+    /// Read settings from this TOML file (sections [server], [limits], [timeouts]); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Do not pin worker threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub timeouts: TimeoutsArgs,
+}
+
+impl Config {
+    /// Builds the configuration: defaults, then the file named by `--config` (if any), then the flags.
+    pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Some(read_file(path)?),
+            None => None,
+        };
+        Self::merge(file, cli)
+    }
+
+    /// Builds the configuration from TOML text and flags (for tests and embedding).
+    pub fn from_toml(text: &str, cli: &Cli) -> Result<Config, ConfigError> {
+        let file = parse_file(text, Path::new("<inline>"))?;
+        Self::merge(Some(file), cli)
+    }
+
+    fn merge(file: Option<ConfigFile>, cli: &Cli) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let file = file.unwrap_or_default();
+        config.server.merge(file.server, &cli.server);
+        config.limits.merge(file.limits, &cli.limits);
+        config.timeouts.merge(file.timeouts, &cli.timeouts);
+        if cli.no_pin {
+            config.server.pin = false;
+        }
+        config.resolve()?;
+        Ok(config)
+    }
+
+    /// Fills the derived defaults and checks cross-key rules.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        let l = &mut self.limits;
+        if l.max_message_size.0 == 0 {
+            return Err(invalid("limits.max_message_size", "must be at least 1 byte"));
+        }
+        if l.max_frame_size.0 == 0 {
+            l.max_frame_size = l.max_message_size;
+        }
+        if l.max_frame_size > l.max_message_size {
+            return Err(invalid("limits.max_frame_size", "must not exceed limits.max_message_size"));
+        }
+        if l.max_request_head.0 < 256 {
+            return Err(invalid("limits.max_request_head", "must be at least 256 bytes"));
+        }
+        if l.read_buffer.0 < 1024 || l.read_buffer > Size::mib(16) {
+            return Err(invalid("limits.read_buffer", "must be between 1KiB and 16MiB"));
+        }
+        if l.max_backpressure.0 < 1024 {
+            return Err(invalid("limits.max_backpressure", "must be at least 1KiB"));
+        }
+        if l.coalesce_limit.0 < 256 {
+            return Err(invalid("limits.coalesce_limit", "must be at least 256 bytes"));
+        }
+        if l.inbox_capacity == 0 {
+            return Err(invalid("limits.inbox_capacity", "must be at least 1"));
+        }
+        if l.max_connections == 0 {
+            l.max_connections = default_max_connections();
+        }
+        if self.server.workers == 0 {
+            self.server.workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        if self.server.workers > 64 {
+            return Err(invalid("server.workers", "at most 64 workers are supported"));
+        }
+        if self.timeouts.handshake_timeout.0.is_zero() {
+            return Err(invalid("timeouts.handshake_timeout", "must be more than 0"));
+        }
+        if self.timeouts.close_timeout.0.is_zero() {
+            return Err(invalid("timeouts.close_timeout", "must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, message: &str) -> ConfigError {
+    ConfigError::Invalid { key, message: message.to_string() }
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse_file(&text, path)
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Descriptors kept back from `max_connections` for listeners, the poll, wakers, logs and lingering closes.
+pub const FD_RESERVE: u64 = 100;
+
+/// The open-files soft limit minus [`FD_RESERVE`] (at least 1).
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit writes into the valid, properly aligned rlimit we pass and reads nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let soft = if rc == 0 { lim.rlim_cur } else { 1024 };
+    let soft = soft.min(10_000_000);
+    usize::try_from(soft.saturating_sub(FD_RESERVE).max(1)).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).expect("valid test args")
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::from_toml("", &cli(&[])).expect("defaults are valid");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_message_size, Size::mib(1));
+        assert_eq!(c.limits.max_frame_size, Size::mib(1), "max_frame_size defaults to max_message_size");
+        assert_eq!(c.limits.max_backpressure, Size::mib(1));
+        assert_eq!(c.limits.max_subscriptions, 128);
+        assert_eq!(c.timeouts.handshake_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.timeouts.idle_timeout.0, Duration::from_secs(120));
+        assert!(c.server.pin);
+        assert!(c.server.workers >= 1);
+        assert!(c.limits.max_connections >= 1);
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let toml =
+            "[server]\npin = false\nworkers = 3\n[limits]\nmax_message_size = \"16MiB\"\nslow_consumer = \"drop\"\n\
+                    [timeouts]\nping_interval = \"500ms\"\n";
+        let c = Config::from_toml(toml, &cli(&["--workers", "2", "--max-backpressure", "64KiB"])).expect("valid");
+        assert!(!c.server.pin);
+        assert_eq!(c.server.workers, 2, "the flag wins over the file");
+        assert_eq!(c.limits.max_message_size, Size::mib(16));
+        assert_eq!(c.limits.max_backpressure, Size::kib(64));
+        assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(c.timeouts.ping_interval.0, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = Config::from_toml("[limits]\nmax_mesage_size = 5\n", &cli(&[])).expect_err("typo must fail");
+        assert!(err.to_string().contains("max_mesage_size"), "{err}");
+        let err = Config::from_toml("[server]\nlisten_on = \"x\"\n", &cli(&[])).expect_err("typo must fail");
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_refused_with_its_key() {
+        let err = Config::from_toml("[limits]\nmax_message_size = \"lots\"\n", &cli(&[])).expect_err("bad size");
+        assert!(err.to_string().contains("max_message_size"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_frame_size = \"2MiB\"\n", &cli(&[])).expect_err("frame > msg");
+        assert!(err.to_string().contains("limits.max_frame_size"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../herald.example.toml");
+        let from_file = Config::from_toml(text, &cli(&[])).expect("example config parses");
+        let defaults = Config::from_toml("", &cli(&[])).expect("defaults");
+        assert_eq!(from_file, defaults);
+    }
+
+    #[test]
+    fn sizes_durations_and_cpu_lists_parse() {
+        assert_eq!("64KiB".parse::<Size>(), Ok(Size(65536)));
+        assert_eq!("1000".parse::<Size>(), Ok(Size(1000)));
+        assert_eq!("2MB".parse::<Size>(), Ok(Size(2_000_000)));
+        assert!("12 parsecs".parse::<Size>().is_err());
+        assert_eq!("250ms".parse::<Dur>(), Ok(Dur(Duration::from_millis(250))));
+        assert_eq!("2m".parse::<Dur>(), Ok(Dur(Duration::from_secs(120))));
+        assert!("-1s".parse::<Dur>().is_err());
+        assert_eq!("0-2,5".parse::<CpuList>(), Ok(CpuList(vec![0, 1, 2, 5])));
+        assert!("3-1".parse::<CpuList>().is_err());
+    }
+}

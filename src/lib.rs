@@ -1,0 +1,17 @@
+//! herald: a thread-per-core WebSocket push and broadcast server.
+//!
+//! Crate map:
+//! - [`protocol`]: the sans-IO RFC 6455 core (handshake, frames, UTF-8, close, ping/pong), both roles.
+//!   No sockets, no threads, no clock reads: bytes and `now` in, events and bytes out.
+//! - [`broker`]: topics, the per-worker topic index, and the cross-worker mesh.
+//! - [`server`]: the I/O side: listeners, one `mio` loop per worker, connections and outboxes.
+//! - [`config`]: every setting, its default and its documentation, once.
+//! - [`metrics`]: per-worker counters and the Prometheus text rendering.
+#![deny(unsafe_code, missing_docs)]
+
+pub mod broker;
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,252 @@
+//! Per-worker counters and gauges, and their Prometheus text rendering.
+//!
+//! Each worker owns a plain [`Counters`] array and bumps it with ordinary adds: no atomics and no locks on the
+//! message path. Once per loop turn the worker copies the array into its [`WorkerSlot`] (relaxed atomic stores,
+//! one per series, not per message); a `/metrics` scrape, served by whichever worker took the request, sums
+//! the slots. A scrape therefore lags each worker by at most one loop turn.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Declares every series once: variant, family name, kind, labels and help text.
+macro_rules! series {
+    ( $( $variant:ident => $family:literal, $kind:ident, $labels:literal, $help:literal; )* ) => {
+        /// One metric series. Counters only grow; gauges are per worker and rendered with a `worker` label.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        #[allow(missing_docs)]
+        pub enum Metric { $( $variant, )* }
+
+        /// Number of series.
+        pub const SERIES: usize = [$( Metric::$variant ),*].len();
+
+        const TABLE: [(Metric, &str, Kind, &str, &str); SERIES] = [
+            $( (Metric::$variant, $family, Kind::$kind, $labels, $help), )*
+        ];
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+series! {
+    ConnectionsAccepted => "herald_connections_accepted_total", Counter, "", "TCP connections accepted.";
+    RejectedMaxConnections => "herald_connections_rejected_total", Counter, "reason=\"max_connections\"",
+        "Connections refused, by reason.";
+    RejectedPerIp => "herald_connections_rejected_total", Counter, "reason=\"max_connections_per_ip\"", "";
+    RejectedDraining => "herald_connections_rejected_total", Counter, "reason=\"draining\"", "";
+    HandshakeTimeouts => "herald_connections_rejected_total", Counter, "reason=\"handshake_timeout\"", "";
+    Upgrades => "herald_upgrades_total", Counter, "", "WebSocket upgrades completed (101 sent).";
+    HttpRequests => "herald_http_requests_total", Counter, "", "Plain HTTP requests answered (healthz, metrics, publish).";
+    Failed400 => "herald_handshakes_failed_total", Counter, "status=\"400\"", "Requests refused before the upgrade, by HTTP status.";
+    Failed404 => "herald_handshakes_failed_total", Counter, "status=\"404\"", "";
+    Failed405 => "herald_handshakes_failed_total", Counter, "status=\"405\"", "";
+    Failed413 => "herald_handshakes_failed_total", Counter, "status=\"413\"", "";
+    Failed426 => "herald_handshakes_failed_total", Counter, "status=\"426\"", "";
+    Failed431 => "herald_handshakes_failed_total", Counter, "status=\"431\"", "";
+    Failed503 => "herald_handshakes_failed_total", Counter, "status=\"503\"", "";
+    FailedOther => "herald_handshakes_failed_total", Counter, "status=\"other\"", "";
+    MessagesIn => "herald_messages_in_total", Counter, "", "WebSocket data messages received.";
+    BytesIn => "herald_bytes_in_total", Counter, "", "Bytes read from sockets.";
+    MessagesOut => "herald_messages_out_total", Counter, "", "Data messages queued to connections (echoes, replies, deliveries).";
+    BytesOut => "herald_bytes_out_total", Counter, "", "Bytes written to sockets.";
+    Writes => "herald_socket_writes_total", Counter, "", "Vectored write calls made.";
+    Publishes => "herald_publishes_total", Counter, "", "Messages published (raw /pub, /ws, HTTP), counted on the worker that took them.";
+    Deliveries => "herald_deliveries_total", Counter, "", "Fan-out deliveries: messages queued to subscribers.";
+    BackpressureDrops => "herald_backpressure_drops_total", Counter, "", "Messages dropped for a slow subscriber (policy drop).";
+    BackpressureCloses => "herald_backpressure_closes_total", Counter, "", "Slow subscribers closed with 1008 (policy close).";
+    InboxFull => "herald_inbox_full_total", Counter, "", "Times a cross-worker inbox was full and publishers were paused.";
+    SubscriptionLimit => "herald_limit_hits_total", Counter, "limit=\"max_subscriptions\"", "Requests refused by a configured limit.";
+    TopicLimit => "herald_limit_hits_total", Counter, "limit=\"max_topics_per_worker\"", "";
+    Close1000 => "herald_close_codes_sent_total", Counter, "code=\"1000\"", "Close frames sent, by code.";
+    Close1001 => "herald_close_codes_sent_total", Counter, "code=\"1001\"", "";
+    Close1002 => "herald_close_codes_sent_total", Counter, "code=\"1002\"", "";
+    Close1003 => "herald_close_codes_sent_total", Counter, "code=\"1003\"", "";
+    Close1007 => "herald_close_codes_sent_total", Counter, "code=\"1007\"", "";
+    Close1008 => "herald_close_codes_sent_total", Counter, "code=\"1008\"", "";
+    Close1009 => "herald_close_codes_sent_total", Counter, "code=\"1009\"", "";
+    Close1011 => "herald_close_codes_sent_total", Counter, "code=\"1011\"", "";
+    CloseOther => "herald_close_codes_sent_total", Counter, "code=\"other\"", "";
+    ConnectionsOpen => "herald_connections_open", Gauge, "", "Open connections (all phases), per worker.";
+    WebSocketsOpen => "herald_websockets_open", Gauge, "", "Open WebSocket connections, per worker.";
+    Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
+    Topics => "herald_topics", Gauge, "", "Topics known to the worker, per worker.";
+    OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
+}
+
+impl Metric {
+    /// The counter for a close code sent.
+    pub fn close_code(code: u16) -> Metric {
+        match code {
+            1000 => Metric::Close1000,
+            1001 => Metric::Close1001,
+            1002 => Metric::Close1002,
+            1003 => Metric::Close1003,
+            1007 => Metric::Close1007,
+            1008 => Metric::Close1008,
+            1009 => Metric::Close1009,
+            1011 => Metric::Close1011,
+            _ => Metric::CloseOther,
+        }
+    }
+
+    /// The counter for a request refused before the upgrade with `status`.
+    pub fn failed_status(status: u16) -> Metric {
+        match status {
+            400 => Metric::Failed400,
+            404 => Metric::Failed404,
+            405 => Metric::Failed405,
+            413 => Metric::Failed413,
+            426 => Metric::Failed426,
+            431 => Metric::Failed431,
+            503 => Metric::Failed503,
+            _ => Metric::FailedOther,
+        }
+    }
+}
+
+/// A worker's own values: plain integers, touched only by that worker's thread.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    values: [u64; SERIES],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters { values: [0; SERIES] }
+    }
+}
+
+impl Counters {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&mut self, m: Metric) {
+        self.values[m as usize] += 1;
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&mut self, m: Metric, n: u64) {
+        self.values[m as usize] += n;
+    }
+
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(&mut self, m: Metric, v: u64) {
+        self.values[m as usize] = v;
+    }
+
+    /// Subtracts `n` from a gauge (saturating).
+    #[inline]
+    pub fn sub(&mut self, m: Metric, n: u64) {
+        let v = &mut self.values[m as usize];
+        *v = v.saturating_sub(n);
+    }
+
+    /// The current value.
+    pub fn get(&self, m: Metric) -> u64 {
+        self.values[m as usize]
+    }
+
+    /// Copies every value into the worker's shared slot (once per loop turn).
+    pub fn publish(&self, slot: &WorkerSlot) {
+        for (cell, v) in slot.values.iter().zip(self.values.iter()) {
+            cell.store(*v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The shared copy of one worker's values, read by scrapes.
+#[derive(Debug)]
+pub struct WorkerSlot {
+    values: [AtomicU64; SERIES],
+}
+
+impl Default for WorkerSlot {
+    fn default() -> Self {
+        WorkerSlot { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl WorkerSlot {
+    /// The last published value of `m`.
+    pub fn get(&self, m: Metric) -> u64 {
+        self.values[m as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Renders every worker's slot in the Prometheus text exposition format (version 0.0.4): counters summed over
+/// workers, gauges per worker with a `worker` label.
+pub fn render(slots: &[WorkerSlot]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let mut last_family = "";
+    for (metric, family, kind, labels, help) in TABLE.iter() {
+        if *family != last_family {
+            let help = if help.is_empty() { "See README." } else { help };
+            let kind_name = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind_name}");
+            last_family = family;
+        }
+        match kind {
+            Kind::Counter => {
+                let total: u64 = slots.iter().map(|s| s.get(*metric)).sum();
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{family} {total}");
+                } else {
+                    let _ = writeln!(out, "{family}{{{labels}}} {total}");
+                }
+            }
+            Kind::Gauge => {
+                for (i, slot) in slots.iter().enumerate() {
+                    let _ = writeln!(out, "{family}{{worker=\"{i}\"}} {}", slot.get(*metric));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_summed_over_workers_and_gauges_kept_per_worker() {
+        let slots = [WorkerSlot::default(), WorkerSlot::default()];
+        let mut a = Counters::default();
+        let mut b = Counters::default();
+        a.add(Metric::Deliveries, 5);
+        b.add(Metric::Deliveries, 7);
+        a.set(Metric::ConnectionsOpen, 3);
+        b.set(Metric::ConnectionsOpen, 4);
+        b.inc(Metric::Close1009);
+        a.publish(&slots[0]);
+        b.publish(&slots[1]);
+        let text = render(&slots);
+        assert!(text.contains("herald_deliveries_total 12\n"), "{text}");
+        assert!(text.contains("herald_connections_open{worker=\"0\"} 3\n"), "{text}");
+        assert!(text.contains("herald_connections_open{worker=\"1\"} 4\n"), "{text}");
+        assert!(text.contains("herald_close_codes_sent_total{code=\"1009\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn each_family_has_one_help_and_type_line() {
+        let text = render(&[WorkerSlot::default()]);
+        let types = text.lines().filter(|l| l.starts_with("# TYPE herald_close_codes_sent_total ")).count();
+        assert_eq!(types, 1);
+    }
+
+    #[test]
+    fn label_helpers_map_known_and_unknown_codes() {
+        assert_eq!(Metric::close_code(1008), Metric::Close1008);
+        assert_eq!(Metric::close_code(4000), Metric::CloseOther);
+        assert_eq!(Metric::failed_status(431), Metric::Failed431);
+        assert_eq!(Metric::failed_status(418), Metric::FailedOther);
+    }
+}

@@ -1,0 +1,123 @@
+//! One client connection on a worker: its socket, its phase (HTTP, WebSocket, closing), its read buffer and
+//! its outbox.
+//!
+//! Memory per idle connection is kept small: the read buffer is taken from the worker's pool only while bytes
+//! are being read or a message is half-received, and the outbox holds no allocation while empty.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+
+use super::outbox::Outbox;
+use crate::broker::index::TopicId;
+use crate::protocol::conn::Connection;
+
+/// What a WebSocket connection is for (from its path).
+#[derive(Debug)]
+pub enum Endpoint {
+    /// `/echo`: every message comes back.
+    Echo,
+    /// `/sub/{topic}`: receives the topic's messages.
+    Sub(TopicId),
+    /// `/pub/{topic}`: every message is published to the topic.
+    Pub(Arc<str>),
+    /// `/ws`: the JSON control protocol; the topics it subscribed to.
+    Json(Vec<TopicId>),
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading an HTTP request (head and body) that must be complete by `deadline`.
+    Http {
+        /// `handshake_timeout` after accept, or after the previous keep-alive response.
+        deadline: Instant,
+    },
+    /// Upgraded.
+    WebSocket {
+        /// The protocol core.
+        core: Box<Connection>,
+        /// The endpoint.
+        endpoint: Endpoint,
+    },
+    /// A final HTTP response is queued: flush it, shut down writing, and drop at EOF or `deadline`.
+    Closing {
+        /// When to give up on a lingering peer.
+        deadline: Instant,
+    },
+}
+
+/// Flag: the connection is in the worker's flush list for this turn.
+pub const DIRTY: u8 = 1;
+/// Flag: registered for WRITABLE because the last write would have blocked.
+pub const WRITE_WAIT: u8 = 2;
+/// Flag: in the worker's list of connections to read again (stopped before `WouldBlock`, or paused).
+pub const READ_AGAIN: u8 = 4;
+/// Flag: our write side is shut down (lingering close).
+pub const SHUT_WR: u8 = 8;
+/// Flag: the peer has closed its write side (EOF seen).
+pub const PEER_EOF: u8 = 16;
+
+/// A connection owned by one worker.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The phase.
+    pub phase: Phase,
+    /// Bytes read and not yet consumed; empty (no allocation) while idle.
+    pub rbuf: BytesMut,
+    /// Frames to write.
+    pub outbox: Outbox,
+    /// The peer's address (for the per-IP limit).
+    pub ip: IpAddr,
+    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`.
+    pub flags: u8,
+}
+
+impl Conn {
+    /// A connection just accepted.
+    pub fn new(stream: TcpStream, ip: IpAddr, deadline: Instant) -> Self {
+        Conn { stream, phase: Phase::Http { deadline }, rbuf: BytesMut::new(), outbox: Outbox::default(), ip, flags: 0 }
+    }
+
+    /// Whether data frames may still be queued to it.
+    pub fn can_send(&self) -> bool {
+        matches!(&self.phase, Phase::WebSocket { core, .. } if core.can_send())
+    }
+
+    /// The WebSocket core, if upgraded.
+    pub fn core(&self) -> Option<&Connection> {
+        match &self.phase {
+            Phase::WebSocket { core, .. } => Some(core),
+            _ => None,
+        }
+    }
+
+    /// Whether everything is said and written: the socket can be shut down for writing.
+    pub fn is_finished(&self) -> bool {
+        let phase_done = match &self.phase {
+            Phase::Http { .. } => false,
+            Phase::WebSocket { core, .. } => core.is_done(),
+            Phase::Closing { .. } => true,
+        };
+        phase_done && self.outbox.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_stays_small() {
+        // The budget for user-space memory per idle connection is 512 bytes: this struct plus the slab's
+        // bookkeeping plus the boxed core (which only WebSocket connections have).
+        let core = std::mem::size_of::<Connection>();
+        let conn = std::mem::size_of::<Conn>();
+        assert!(conn + core + 16 <= 512, "Conn {conn} B + core {core} B is over budget");
+    }
+}

@@ -1,0 +1,308 @@
+//! Requests before (or instead of) the upgrade: routing, the WebSocket upgrade, `/healthz`, `/metrics` and
+//! `POST /publish/{topic}`, and every refusal with its proper HTTP status.
+
+use bytes::Bytes;
+
+use super::conn::{Endpoint, Phase};
+use super::worker::{mark_dirty, Worker};
+use crate::broker::index::{ConnKey, IndexError, SubKind};
+use crate::broker::topic;
+use crate::metrics::{self, Metric};
+use crate::protocol::conn::Connection;
+use crate::protocol::handshake::{self, HandshakeError, Method, RequestHead};
+
+/// Where a request path leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/echo` (WebSocket).
+    Echo,
+    /// `/sub/{topic}` (WebSocket).
+    Sub(&'a str),
+    /// `/pub/{topic}` (WebSocket).
+    Pub(&'a str),
+    /// `/ws` (WebSocket, JSON protocol).
+    Ws,
+    /// `/healthz` (GET).
+    Healthz,
+    /// `/metrics` (GET).
+    Metrics,
+    /// `/publish/{topic}` (POST).
+    Publish(&'a str),
+    /// Anything else.
+    NotFound,
+}
+
+impl Route<'_> {
+    /// Routes a path (without its query string).
+    pub fn of(path: &str) -> Route<'_> {
+        match path {
+            "/echo" => Route::Echo,
+            "/ws" => Route::Ws,
+            "/healthz" => Route::Healthz,
+            "/metrics" => Route::Metrics,
+            _ => {
+                if let Some(t) = path.strip_prefix("/sub/") {
+                    Route::Sub(t)
+                } else if let Some(t) = path.strip_prefix("/pub/") {
+                    Route::Pub(t)
+                } else if let Some(t) = path.strip_prefix("/publish/") {
+                    Route::Publish(t)
+                } else {
+                    Route::NotFound
+                }
+            }
+        }
+    }
+
+    fn is_websocket(self) -> bool {
+        matches!(self, Route::Echo | Route::Sub(_) | Route::Pub(_) | Route::Ws)
+    }
+}
+
+/// A refusal before the upgrade.
+enum Refusal {
+    /// An invalid upgrade request: its own response (with `Allow` or `Sec-WebSocket-Version` where due).
+    Handshake(HandshakeError),
+    /// Any other refusal: status and one-line reason.
+    Plain(u16, &'static str),
+}
+
+impl From<HandshakeError> for Refusal {
+    fn from(e: HandshakeError) -> Self {
+        Refusal::Handshake(e)
+    }
+}
+
+impl Worker {
+    /// Handles the request at the front of the read buffer. Returns true when the buffer should be processed
+    /// again (the connection upgraded, or a keep-alive request was answered and more bytes wait).
+    pub(super) fn process_http(&mut self, key: ConnKey) -> bool {
+        let max_head = self.cfg.limits.max_request_head.bytes();
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let head = match handshake::parse_request(&conn.rbuf, max_head) {
+            Ok(None) => return false,
+            Ok(Some(head)) => head,
+            Err(e) => {
+                self.refuse_request(key, &e);
+                return false;
+            }
+        };
+        let route = Route::of(&head.path);
+        if route.is_websocket() {
+            return match self.upgrade(key, &head, route) {
+                Ok(()) => true,
+                Err(Refusal::Handshake(e)) => {
+                    self.refuse_request(key, &e);
+                    false
+                }
+                Err(Refusal::Plain(status, why)) => {
+                    self.respond(key, status, "text/plain", format!("{why}\n").as_bytes(), true);
+                    false
+                }
+            };
+        }
+        self.serve_http(key, &head, route)
+    }
+
+    fn refuse_request(&mut self, key: ConnKey, e: &HandshakeError) {
+        let mut out = Vec::with_capacity(192);
+        e.write_response(&mut out);
+        self.metrics.inc(Metric::failed_status(e.status()));
+        self.finish_with(key, out, true);
+    }
+
+    /// Queues a response; with `close`, the connection ends once it is written.
+    fn respond(&mut self, key: ConnKey, status: u16, content_type: &str, body: &[u8], close: bool) {
+        let mut out = Vec::with_capacity(128 + body.len());
+        handshake::write_response(&mut out, status, content_type, body, close);
+        if status >= 400 {
+            self.metrics.inc(Metric::failed_status(status));
+        } else {
+            self.metrics.inc(Metric::HttpRequests);
+        }
+        self.finish_with(key, out, close);
+    }
+
+    fn finish_with(&mut self, key: ConnKey, response: Vec<u8>, close: bool) {
+        let now = self.now;
+        let close_timeout = self.cfg.timeouts.close_timeout.0;
+        let handshake_timeout = self.cfg.timeouts.handshake_timeout.0;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.outbox.push(Bytes::from(response));
+        if close {
+            conn.rbuf.clear();
+            conn.phase = Phase::Closing { deadline: now + close_timeout };
+        } else {
+            conn.phase = Phase::Http { deadline: now + handshake_timeout };
+        }
+        mark_dirty(conn, key, &mut self.dirty);
+    }
+
+    fn upgrade(&mut self, key: ConnKey, head: &RequestHead, route: Route<'_>) -> Result<(), Refusal> {
+        if !head.wants_upgrade() {
+            return Err(if head.method == Method::Get {
+                Refusal::Plain(400, "this endpoint needs a WebSocket upgrade")
+            } else {
+                Refusal::Plain(405, "method not allowed")
+            });
+        }
+        let accept = head.validate_upgrade()?;
+        if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Refusal::Plain(503, "draining"));
+        }
+        let endpoint = match route {
+            Route::Echo => Endpoint::Echo,
+            Route::Ws => Endpoint::Json(Vec::new()),
+            Route::Pub(t) => Endpoint::Pub(topic::validate(t).map_err(|_| bad_topic())?.into()),
+            Route::Sub(t) => {
+                let t = topic::validate(t).map_err(|_| bad_topic())?;
+                match self.index.subscribe(t, key, SubKind::Raw) {
+                    Ok(id) => Endpoint::Sub(id),
+                    Err(IndexError::TooManyTopics) => {
+                        self.metrics.inc(Metric::TopicLimit);
+                        return Err(Refusal::Plain(503, "too many topics on this worker"));
+                    }
+                }
+            }
+            _ => return Err(Refusal::Plain(404, "not found")),
+        };
+        let mut out = Vec::with_capacity(160);
+        handshake::write_switching_protocols(&mut out, &accept, None);
+        let core = Connection::new(self.now, &self.settings, key as u64);
+        let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
+        let _ = conn.rbuf.split_to(head.head_len);
+        conn.outbox.push(Bytes::from(out));
+        conn.phase = Phase::WebSocket { core: Box::new(core), endpoint };
+        mark_dirty(conn, key, &mut self.dirty);
+        self.metrics.inc(Metric::Upgrades);
+        self.metrics.inc(Metric::WebSocketsOpen);
+        Ok(())
+    }
+
+    fn serve_http(&mut self, key: ConnKey, head: &RequestHead, route: Route<'_>) -> bool {
+        let close = head.wants_close();
+        let body_len = match head.content_length() {
+            Ok(n) => n.unwrap_or(0),
+            Err(e) => {
+                self.refuse_request(key, &e);
+                return false;
+            }
+        };
+        match route {
+            Route::Publish(t) => return self.serve_publish(key, head, t, body_len),
+            _ if body_len > 0 => {
+                // A body we do not want: answer, and close rather than parse it as the next request.
+                self.respond(key, 400, "text/plain", b"unexpected request body\n", true);
+                return false;
+            }
+            _ if head.method != Method::Get => {
+                self.respond(key, 405, "text/plain", b"method not allowed\n", true);
+                return false;
+            }
+            Route::Healthz => {
+                let draining = self.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+                let open = self.shared.open.load(std::sync::atomic::Ordering::Relaxed);
+                let (status, state) = if draining { (503, "draining") } else { (200, "ok") };
+                let body =
+                    format!("{{\"status\":\"{state}\",\"workers\":{},\"connections\":{open}}}\n", self.shared.workers);
+                self.respond(key, status, "application/json", body.as_bytes(), close);
+            }
+            Route::Metrics => {
+                self.metrics.publish(&self.shared.slots[self.id]);
+                let body = metrics::render(&self.shared.slots);
+                self.respond(key, 200, "text/plain; version=0.0.4", body.as_bytes(), close);
+            }
+            _ => {
+                self.respond(key, 404, "text/plain", b"not found\n", true);
+                return false;
+            }
+        }
+        self.consume_head(key, head.head_len, close)
+    }
+
+    /// Drops the answered request from the buffer; true when another (pipelined) request may follow.
+    fn consume_head(&mut self, key: ConnKey, len: usize, close: bool) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        if close {
+            return false;
+        }
+        let _ = conn.rbuf.split_to(len.min(conn.rbuf.len()));
+        !conn.rbuf.is_empty()
+    }
+
+    fn serve_publish(&mut self, key: ConnKey, head: &RequestHead, name: &str, body_len: u64) -> bool {
+        if head.method != Method::Post {
+            self.respond(key, 405, "text/plain", b"method not allowed\n", true);
+            return false;
+        }
+        let Ok(name) = topic::validate(name) else {
+            self.respond(
+                key,
+                400,
+                "text/plain",
+                match bad_topic() {
+                    Refusal::Plain(_, why) => format!("{why}\n"),
+                    Refusal::Handshake(e) => format!("{e}\n"),
+                }
+                .as_bytes(),
+                true,
+            );
+            return false;
+        };
+        if head.content_length().ok().flatten().is_none() {
+            self.respond(key, 411, "text/plain", b"Content-Length required\n", true);
+            return false;
+        }
+        if body_len > self.cfg.limits.max_message_size.0 {
+            self.respond(key, 413, "text/plain", b"body larger than max_message_size\n", true);
+            return false;
+        }
+        let need = head.head_len + body_len as usize;
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        if conn.rbuf.len() < need {
+            return false; // the body is still arriving (bounded by max_message_size)
+        }
+        let body = conn.rbuf.split_to(need).freeze().slice(head.head_len..);
+        let content_type = head.header("content-type").unwrap_or("").to_ascii_lowercase();
+        let text = content_type.starts_with("text/") || content_type.starts_with("application/json");
+        if text && std::str::from_utf8(&body).is_err() {
+            // A text frame must carry UTF-8: subscribers would otherwise fail with 1007.
+            self.respond(key, 400, "text/plain", b"text body is not valid UTF-8\n", true);
+            return false;
+        }
+        if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            self.respond(key, 503, "text/plain", b"draining\n", true);
+            return false;
+        }
+        self.metrics.inc(Metric::MessagesIn);
+        self.metrics.inc(Metric::Publishes);
+        let reached = self.publish(name, text, &body, None);
+        let close = head.wants_close();
+        let reply = format!("{{\"topic\":\"{name}\",\"subscribers\":{reached}}}\n");
+        self.respond(key, 200, "application/json", reply.as_bytes(), close);
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        !close && !conn.rbuf.is_empty()
+    }
+}
+
+fn bad_topic() -> Refusal {
+    Refusal::Plain(400, "invalid topic: 1 to 128 bytes of A-Z a-z 0-9 . _ : -")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_to_their_endpoints() {
+        assert_eq!(Route::of("/echo"), Route::Echo);
+        assert_eq!(Route::of("/sub/news"), Route::Sub("news"));
+        assert_eq!(Route::of("/pub/a.b"), Route::Pub("a.b"));
+        assert_eq!(Route::of("/publish/x"), Route::Publish("x"));
+        assert_eq!(Route::of("/ws"), Route::Ws);
+        assert_eq!(Route::of("/healthz"), Route::Healthz);
+        assert_eq!(Route::of("/metrics"), Route::Metrics);
+        assert_eq!(Route::of("/"), Route::NotFound);
+        assert_eq!(Route::of("/echo/"), Route::NotFound);
+    }
+}

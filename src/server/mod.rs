@@ -1,0 +1,163 @@
+//! The I/O side: listeners, one pinned `mio` worker per core, and the handle that starts and stops them.
+//!
+//! - [`listener`]: one `SO_REUSEPORT` socket per worker on the same address.
+//! - [`worker`]: the loop, accept, read, flush, timers, drain.
+//! - [`http`]: requests before the upgrade, and plain HTTP endpoints.
+//! - [`ws`]: what each WebSocket endpoint does with messages.
+//! - [`conn`]: one connection's socket, phase, buffer and outbox.
+//! - [`outbox`]: queued frames and the vectored write.
+
+pub mod conn;
+pub mod http;
+pub mod listener;
+pub mod outbox;
+pub mod worker;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::broker::mesh::{self, ExternalPublisher, MeshEnd, PeerHandle};
+use crate::config::Config;
+use worker::{Shared, Worker, WAKER};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Creating a poll, waker or thread failed.
+    #[error("cannot start worker {worker}: {source}")]
+    Worker {
+        /// Which worker.
+        worker: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A worker's loop failed.
+    #[error("worker {worker} failed: {source}")]
+    Loop {
+        /// Which worker.
+        worker: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A worker thread panicked.
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+}
+
+/// A running server: its address, and the means to stop it and wait for it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    peers: Vec<PeerHandle>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// The address actually bound (the real port when the config said port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts the graceful shutdown: stop accepting, close every WebSocket with 1001, flush, exit.
+    pub fn shutdown(&self) {
+        begin_shutdown(&self.shared, &self.peers);
+    }
+
+    /// A closure that starts the shutdown, for a signal thread.
+    pub fn shutdown_trigger(&self) -> impl Fn() + Send + 'static {
+        let shared = self.shared.clone();
+        let peers = self.peers.clone();
+        move || begin_shutdown(&shared, &peers)
+    }
+
+    /// A publisher for sources outside the workers (it enters through the workers' normal publish path).
+    pub fn external_publisher(&self) -> ExternalPublisher {
+        ExternalPublisher::new(self.peers.clone())
+    }
+
+    /// Waits for every worker to finish.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => result = Err(ServerError::Loop { worker: i, source }),
+                Err(_) => result = Err(ServerError::Panicked(i)),
+            }
+        }
+        result
+    }
+}
+
+fn begin_shutdown(shared: &Shared, peers: &[PeerHandle]) {
+    shared.draining.store(true, Ordering::SeqCst);
+    for p in peers {
+        p.wake();
+    }
+}
+
+/// Binds the listeners and starts the workers, each on its own (pinned) thread.
+pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
+    let cfg = Arc::new(cfg);
+    let workers = cfg.server.workers;
+    let (listeners, addr) = listener::bind_all(cfg.server.listen, workers)
+        .map_err(|source| ServerError::Bind { addr: cfg.server.listen, source })?;
+    let mut polls = Vec::with_capacity(workers);
+    let mut wakers = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let poll = mio::Poll::new().map_err(|source| ServerError::Worker { worker, source })?;
+        let waker = mio::Waker::new(poll.registry(), WAKER).map_err(|source| ServerError::Worker { worker, source })?;
+        polls.push(poll);
+        wakers.push(Arc::new(waker));
+    }
+    let (peers, inboxes) = mesh::inboxes(wakers, cfg.limits.inbox_capacity);
+    let shared = Arc::new(Shared::new(workers));
+    let cores = pick_cores(&cfg);
+    let mut threads = Vec::with_capacity(workers);
+    for (id, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
+        let mesh_end = MeshEnd::new(id, peers.clone());
+        let shared = shared.clone();
+        let cfg = cfg.clone();
+        let core = cores.as_ref().and_then(|c| c.get(id % c.len().max(1)).copied());
+        let thread = std::thread::Builder::new()
+            .name(format!("herald-worker-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(worker = id, "could not pin to core {}", core.id);
+                    }
+                }
+                let worker = Worker::new(id, poll, listener, mesh_end, inbox, shared, cfg)?;
+                worker.run()
+            })
+            .map_err(|source| ServerError::Worker { worker: id, source })?;
+        threads.push(thread);
+    }
+    tracing::info!(%addr, workers, pinned = cores.is_some(), "herald listening");
+    Ok(ServerHandle { addr, shared, peers, threads })
+}
+
+/// The cores to pin to, in worker order, or `None` when pinning is off or impossible.
+fn pick_cores(cfg: &Config) -> Option<Vec<core_affinity::CoreId>> {
+    if !cfg.server.pin {
+        return None;
+    }
+    let available = core_affinity::get_core_ids()?;
+    if cfg.server.cpus.0.is_empty() {
+        return Some(available);
+    }
+    let chosen: Vec<_> = cfg.server.cpus.0.iter().map(|&id| core_affinity::CoreId { id }).collect();
+    Some(chosen)
+}

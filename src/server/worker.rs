@@ -1,0 +1,713 @@
+//! One worker: a `mio` loop on its own core owning its listener, its connections, its topic index and its
+//! end of the mesh.
+//!
+//! One loop turn: wait for events (or the next timer tick); accept; read and process what arrived (HTTP
+//! requests, WebSocket messages); drain the mesh inbox; flush the topic index (coalesced batches to local
+//! subscribers and other workers); wake peers once; write every connection that has something queued with
+//! one vectored write; run the timers; publish the metrics slot. Nothing here is shared with other workers
+//! except through the mesh and [`Shared`].
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::conn::{Conn, Endpoint, Phase, DIRTY, PEER_EOF, READ_AGAIN, SHUT_WR, WRITE_WAIT};
+use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
+use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::metrics::{Counters, Metric, WorkerSlot};
+use crate::protocol::close::CloseCode;
+use crate::protocol::codec::DecodeLimits;
+use crate::protocol::conn::ConnSettings;
+use crate::protocol::Role;
+
+/// The listener's token.
+pub const LISTENER: Token = Token(usize::MAX - 1);
+/// The mesh waker's token.
+pub const WAKER: Token = Token(usize::MAX - 2);
+
+/// Most bytes read from one connection per loop turn, so one busy publisher cannot starve the others.
+const READ_BUDGET: usize = 256 * 1024;
+/// Timer resolution: handshake, idle, ping and close deadlines are checked this often.
+const TICK: Duration = Duration::from_millis(100);
+/// Spare read buffers kept per worker.
+const POOL_MAX: usize = 256;
+
+/// State shared by every worker of a process: connection counts, the shutdown flag and the metric slots.
+/// Touched per connection (accept, close) and per scrape, never per message.
+#[derive(Debug)]
+pub struct Shared {
+    /// One metrics slot per worker.
+    pub slots: Vec<WorkerSlot>,
+    /// Open connections in the process (for `max_connections`).
+    pub open: AtomicUsize,
+    /// Open connections per peer IP (only kept when `max_connections_per_ip` is set).
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Set on SIGTERM/SIGINT (or `ServerHandle::shutdown`): drain and exit.
+    pub draining: AtomicBool,
+    /// Number of workers (for `/healthz`).
+    pub workers: usize,
+}
+
+impl Shared {
+    /// Shared state for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Shared {
+            slots: (0..workers).map(|_| WorkerSlot::default()).collect(),
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            workers,
+        }
+    }
+}
+
+/// A worker and everything it owns.
+pub struct Worker {
+    pub(super) id: usize,
+    pub(super) poll: Poll,
+    pub(super) listener: Option<TcpListener>,
+    pub(super) conns: Slab<Conn>,
+    pub(super) index: TopicIndex,
+    pub(super) mesh: MeshEnd,
+    pub(super) inbox: Inbox,
+    pub(super) shared: Arc<Shared>,
+    pub(super) cfg: Arc<Config>,
+    pub(super) settings: ConnSettings,
+    pub(super) metrics: Counters,
+    pool: Vec<BytesMut>,
+    pub(super) dirty: Vec<ConnKey>,
+    read_again: Vec<ConnKey>,
+    pub(super) now: Instant,
+    next_tick: Instant,
+    drain_deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).field("conns", &self.conns.len()).finish_non_exhaustive()
+    }
+}
+
+/// Delivers broadcast batches into subscribers' outboxes, applying the slow-consumer policy.
+pub(super) struct Sink<'a> {
+    pub(super) conns: &'a mut Slab<Conn>,
+    pub(super) dirty: &'a mut Vec<ConnKey>,
+    pub(super) metrics: &'a mut Counters,
+    pub(super) cap: usize,
+    pub(super) policy: SlowConsumerPolicy,
+}
+
+impl Deliver for Sink<'_> {
+    fn deliver(&mut self, key: ConnKey, frames: &Bytes, messages: u32) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Phase::WebSocket { core, .. } = &mut conn.phase else { return };
+        if !core.can_send() {
+            return;
+        }
+        if conn.outbox.would_exceed(frames.len(), self.cap) {
+            match self.policy {
+                SlowConsumerPolicy::Drop => {
+                    self.metrics.add(Metric::BackpressureDrops, u64::from(messages));
+                    return;
+                }
+                SlowConsumerPolicy::Close => {
+                    self.metrics.inc(Metric::BackpressureCloses);
+                    core.close(CloseCode::POLICY, "slow consumer");
+                }
+            }
+        } else {
+            conn.outbox.push(frames.clone());
+            self.metrics.add(Metric::Deliveries, u64::from(messages));
+            self.metrics.add(Metric::MessagesOut, u64::from(messages));
+        }
+        mark_dirty(conn, key, self.dirty);
+    }
+}
+
+/// Puts `key` in the flush list once per turn.
+pub(super) fn mark_dirty(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>) {
+    if conn.flags & DIRTY == 0 {
+        conn.flags |= DIRTY;
+        dirty.push(key);
+    }
+}
+
+impl Worker {
+    /// Builds worker `id` around its poll, listener and mesh end.
+    pub fn new(
+        id: usize,
+        poll: Poll,
+        listener: std::net::TcpListener,
+        mesh: MeshEnd,
+        inbox: Inbox,
+        shared: Arc<Shared>,
+        cfg: Arc<Config>,
+    ) -> io::Result<Self> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let t = &cfg.timeouts;
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let settings = ConnSettings {
+            role: Role::Server,
+            limits: DecodeLimits {
+                max_frame_size: cfg.limits.max_frame_size.0,
+                max_message_size: cfg.limits.max_message_size.0,
+            },
+            ping_interval: nonzero(t.ping_interval.0),
+            idle_timeout: nonzero(t.idle_timeout.0),
+            close_timeout: t.close_timeout.0,
+        };
+        let now = Instant::now();
+        Ok(Worker {
+            id,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            index: TopicIndex::new(cfg.limits.max_topics_per_worker, cfg.limits.coalesce_limit.bytes()),
+            mesh,
+            inbox,
+            shared,
+            settings,
+            metrics: Counters::default(),
+            pool: Vec::new(),
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            now,
+            next_tick: now + TICK,
+            drain_deadline: None,
+            cfg,
+        })
+    }
+
+    /// Runs the loop until the worker has drained after a shutdown request.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_conn(key);
+                        }
+                        if event.is_writable() {
+                            self.flush_conn(key);
+                        }
+                    }
+                }
+            }
+            self.end_turn();
+            if self.shared.draining.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+                self.begin_drain();
+            }
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || self.now >= deadline {
+                    tracing::debug!(worker = self.id, left = self.conns.len(), "worker drained");
+                    self.metrics.set(Metric::ConnectionsOpen, 0);
+                    self.metrics.publish(&self.shared.slots[self.id]);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.read_again.is_empty() && !self.mesh.is_stalled() {
+            return Duration::ZERO;
+        }
+        if self.mesh.is_stalled() {
+            return Duration::from_millis(1);
+        }
+        self.next_tick.saturating_duration_since(Instant::now())
+    }
+
+    /// Everything after the events of one turn.
+    fn end_turn(&mut self) {
+        self.drain_inbox();
+        if !self.mesh.is_stalled() || !self.mesh.retry_overflow() {
+            self.read_pending();
+        }
+        self.flush_index();
+        if self.mesh.is_stalled() {
+            self.mesh.retry_overflow();
+        }
+        self.mesh.wake_peers();
+        self.flush_dirty();
+        if self.now >= self.next_tick {
+            self.tick();
+            self.next_tick = self.now + TICK;
+        }
+        self.metrics.set(Metric::Subscriptions, self.index.subscriptions() as u64);
+        self.metrics.set(Metric::Topics, self.index.topics() as u64);
+        self.metrics.publish(&self.shared.slots[self.id]);
+    }
+
+    pub(super) fn flush_index(&mut self) {
+        let mut sink = Sink {
+            conns: &mut self.conns,
+            dirty: &mut self.dirty,
+            metrics: &mut self.metrics,
+            cap: self.cfg.limits.max_backpressure.bytes(),
+            policy: self.cfg.limits.slow_consumer,
+        };
+        self.index.flush(&mut sink, &mut self.mesh);
+        let full = self.mesh.full_events;
+        if full > 0 {
+            self.metrics.add(Metric::InboxFull, full);
+            self.mesh.full_events = 0;
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        let mut budget = self.cfg.limits.inbox_capacity.max(64) * 2;
+        while budget > 0 {
+            let Some(msg) = self.inbox.try_recv() else { break };
+            budget -= 1;
+            let mut sink = Sink {
+                conns: &mut self.conns,
+                dirty: &mut self.dirty,
+                metrics: &mut self.metrics,
+                cap: self.cfg.limits.max_backpressure.bytes(),
+                policy: self.cfg.limits.slow_consumer,
+            };
+            match msg {
+                MeshMsg::Broadcast(batch) => self.index.deliver_remote(&batch, &mut sink),
+                MeshMsg::Interest(i) => self.index.set_remote(&i.topic, i.worker, i.raw, i.json),
+                MeshMsg::Publish(p) => {
+                    sink.metrics.inc(Metric::Publishes);
+                    self.index.publish(&p.topic, p.text, &p.payload, None, &mut sink, &mut self.mesh);
+                }
+            }
+        }
+        if budget == 0 {
+            // More is waiting: come back without sleeping.
+            let _ = self.mesh.me();
+            self.next_tick = self.now;
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr.ip()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE and the like: leave the rest in the backlog until a slot frees up.
+                    tracing::warn!(worker = self.id, "accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr) {
+        self.metrics.inc(Metric::ConnectionsAccepted);
+        let limits = &self.cfg.limits;
+        let open = self.shared.open.fetch_add(1, Ordering::Relaxed);
+        if open >= limits.max_connections {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.inc(Metric::RejectedMaxConnections);
+            refuse(&mut stream, &mut self.metrics, "connection limit reached");
+            return;
+        }
+        if limits.max_connections_per_ip > 0 {
+            let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= limits.max_connections_per_ip {
+                drop(per_ip);
+                self.shared.open.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.inc(Metric::RejectedPerIp);
+                refuse(&mut stream, &mut self.metrics, "per-address connection limit reached");
+                return;
+            }
+            *n += 1;
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+            tracing::warn!(worker = self.id, "register failed: {e}");
+            self.release_slot(ip);
+            return;
+        }
+        entry.insert(Conn::new(stream, ip, self.now + self.cfg.timeouts.handshake_timeout.0));
+        self.metrics.inc(Metric::ConnectionsOpen);
+    }
+
+    fn release_slot(&self, ip: IpAddr) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if self.cfg.limits.max_connections_per_ip > 0 {
+            let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
+    fn take_buffer(&mut self) -> BytesMut {
+        self.pool.pop().unwrap_or_else(|| BytesMut::with_capacity(self.cfg.limits.read_buffer.bytes()))
+    }
+
+    fn give_back_buffer(&mut self, mut buf: BytesMut) {
+        let size = self.cfg.limits.read_buffer.bytes();
+        buf.clear();
+        if self.pool.len() < POOL_MAX && buf.capacity() >= size / 2 && buf.capacity() <= size * 4 {
+            self.pool.push(buf);
+        }
+    }
+
+    /// Reads what the socket has (up to the budget) and processes it.
+    pub(super) fn read_conn(&mut self, key: ConnKey) {
+        if self.mesh.is_stalled() {
+            // Backpressure to publishers: read nothing until the mesh has room again.
+            self.schedule_read(key);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.flags & PEER_EOF != 0 {
+            return;
+        }
+        if let Phase::WebSocket { .. } = conn.phase {
+            if conn.outbox.len_bytes() > self.cfg.limits.max_backpressure.bytes() {
+                // This peer's own replies (echoes, acks) are not being read: stop reading from it until they are.
+                return;
+            }
+        }
+        let mut buf = std::mem::take(&mut conn.rbuf);
+        if buf.capacity() == 0 {
+            buf = self.take_buffer();
+        }
+        let read_size = self.cfg.limits.read_buffer.bytes();
+        let mut total = 0;
+        let mut eof = false;
+        let mut failed = false;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        loop {
+            if total >= READ_BUDGET {
+                break;
+            }
+            let len = buf.len();
+            buf.resize(len + read_size, 0);
+            match conn.stream.read(&mut buf[len..]) {
+                Ok(0) => {
+                    buf.truncate(len);
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    buf.truncate(len + n);
+                    total += n;
+                    if n < read_size {
+                        // Likely drained; the next edge will tell us if not.
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf.truncate(len);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+                Err(_) => {
+                    buf.truncate(len);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        self.metrics.add(Metric::BytesIn, total as u64);
+        conn.rbuf = buf;
+        if total >= READ_BUDGET {
+            self.schedule_read(key);
+        }
+        if total > 0 {
+            self.process(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if failed {
+            self.close_now(key);
+            return;
+        }
+        if eof {
+            conn.flags |= PEER_EOF;
+            let pending = !conn.outbox.is_empty() || conn.core().is_some_and(|c| c.has_pending_control());
+            if pending {
+                // Say what is left (a response, our close frame), then go: flush_conn closes at the end.
+                mark_dirty(conn, key, &mut self.dirty);
+            } else {
+                self.close_now(key);
+            }
+            return;
+        }
+        if conn.rbuf.is_empty() && !conn.core().is_some_and(|c| c.is_receiving()) {
+            let buf = std::mem::take(&mut conn.rbuf);
+            self.give_back_buffer(buf);
+        }
+    }
+
+    fn schedule_read(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.flags & READ_AGAIN == 0 {
+                conn.flags |= READ_AGAIN;
+                self.read_again.push(key);
+            }
+        }
+    }
+
+    fn read_pending(&mut self) {
+        for key in std::mem::take(&mut self.read_again) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.flags &= !READ_AGAIN;
+                self.read_conn(key);
+            }
+        }
+    }
+
+    /// Acts on the bytes in the connection's read buffer according to its phase.
+    fn process(&mut self, key: ConnKey) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            match conn.phase {
+                Phase::Http { .. } => {
+                    if !self.process_http(key) {
+                        return;
+                    }
+                    // Upgraded, or a keep-alive request answered: go on with the rest of the buffer.
+                }
+                Phase::WebSocket { .. } => {
+                    self.process_ws(key);
+                    return;
+                }
+                Phase::Closing { .. } => {
+                    conn.rbuf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes out every connection queued this turn.
+    fn flush_dirty(&mut self) {
+        let mut i = 0;
+        // Flushing can queue more (a close frame after a pong made room); loop until the list is stable.
+        while i < self.dirty.len() {
+            let key = self.dirty[i];
+            i += 1;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.flags &= !DIRTY;
+                self.flush_conn(key);
+            }
+        }
+        self.dirty.clear();
+    }
+
+    /// Pumps pending control frames into the outbox, writes what is queued, and handles the end of life.
+    pub(super) fn flush_conn(&mut self, key: ConnKey) {
+        self.pump_control(key);
+        let cap = self.cfg.limits.max_backpressure.bytes();
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let before = conn.outbox.len_bytes();
+        loop {
+            match conn.outbox.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    self.metrics.add(Metric::BytesOut, n as u64);
+                    self.metrics.inc(Metric::Writes);
+                    if conn.outbox.is_empty() || n == 0 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if conn.flags & WRITE_WAIT == 0 {
+                        conn.flags |= WRITE_WAIT;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close_now(key);
+                    return;
+                }
+            }
+        }
+        if conn.outbox.is_empty() && conn.flags & WRITE_WAIT != 0 {
+            conn.flags &= !WRITE_WAIT;
+            let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), Interest::READABLE);
+        }
+        let was_over = before > cap;
+        let now_under = conn.outbox.len_bytes() <= cap;
+        let pending_control = conn.core().is_some_and(|c| c.has_pending_control());
+        if conn.flags & PEER_EOF != 0 && conn.outbox.is_empty() {
+            // The peer is gone and we have said everything we could.
+            self.close_now(key);
+            return;
+        }
+        if conn.is_finished() && conn.flags & SHUT_WR == 0 {
+            conn.flags |= SHUT_WR;
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if was_over && now_under {
+            // Reading was paused while this peer's replies piled up.
+            self.schedule_read(key);
+        }
+        if pending_control && before > 0 {
+            // A pong was waiting for room that the write may have made.
+            if let Some(conn) = self.conns.get_mut(key) {
+                mark_dirty(conn, key, &mut self.dirty);
+            }
+        }
+    }
+
+    /// Moves the core's pending control frames (pong, ping, close) into the outbox.
+    pub(super) fn pump_control(&mut self, key: ConnKey) {
+        let cap = self.cfg.limits.max_backpressure.bytes();
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Phase::WebSocket { core, .. } = &mut conn.phase else { return };
+        loop {
+            let room = conn.outbox.len_bytes() + 131 <= cap;
+            let Some(frame) = core.poll_control(self.now, &self.settings, room) else { break };
+            if frame.len() >= 2 && frame[0] == 0x88 {
+                let code = if frame.len() >= 4 { u16::from_be_bytes([frame[2], frame[3]]) } else { 1005 };
+                if code != 1005 {
+                    self.metrics.inc(Metric::close_code(code));
+                }
+            }
+            conn.outbox.push(frame);
+            if conn.flags & DIRTY == 0 {
+                conn.flags |= DIRTY;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Drops a connection at once: unsubscribes it, frees its slot.
+    pub(super) fn close_now(&mut self, key: ConnKey) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Phase::WebSocket { endpoint, .. } = &conn.phase {
+            self.metrics.sub(Metric::WebSocketsOpen, 1);
+            match endpoint {
+                Endpoint::Sub(topic) => self.index.unsubscribe(*topic, key, SubKind::Raw),
+                Endpoint::Json(topics) => {
+                    for t in topics {
+                        self.index.unsubscribe(*t, key, SubKind::Json);
+                    }
+                }
+                Endpoint::Echo | Endpoint::Pub(_) => {}
+            }
+        }
+        let buf = std::mem::take(&mut conn.rbuf);
+        if buf.capacity() > 0 {
+            self.give_back_buffer(buf);
+        }
+        self.release_slot(conn.ip);
+        self.metrics.sub(Metric::ConnectionsOpen, 1);
+    }
+
+    /// Timers: handshake deadlines, pings, idle timeouts, close waits and lingers.
+    fn tick(&mut self) {
+        let now = self.now;
+        let mut expired = Vec::new();
+        let mut touched = Vec::new();
+        let mut queued = 0u64;
+        for (key, conn) in self.conns.iter_mut() {
+            queued += conn.outbox.len_bytes() as u64;
+            match &mut conn.phase {
+                Phase::Http { deadline } => {
+                    if now >= *deadline {
+                        self.metrics.inc(Metric::HandshakeTimeouts);
+                        expired.push(key);
+                    }
+                }
+                Phase::Closing { deadline } => {
+                    if now >= *deadline {
+                        expired.push(key);
+                    }
+                }
+                Phase::WebSocket { core, .. } => {
+                    if core.poll_timeout(&self.settings).is_some_and(|t| now >= t) {
+                        core.handle_timeout(now, &self.settings);
+                        if core.is_expired(now) {
+                            expired.push(key);
+                        } else if core.has_pending_control() {
+                            touched.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.set(Metric::OutboxBytes, queued);
+        for key in expired {
+            self.close_now(key);
+        }
+        for key in touched {
+            if let Some(conn) = self.conns.get_mut(key) {
+                mark_dirty(conn, key, &mut self.dirty);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    /// Shutdown: stop accepting, say 1001 to every WebSocket, close idle HTTP connections.
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(self.now + self.cfg.timeouts.shutdown_timeout.0);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let mut idle = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            match &mut conn.phase {
+                Phase::WebSocket { core, .. } => {
+                    core.close(CloseCode::GOING_AWAY, "server shutting down");
+                    mark_dirty(conn, key, &mut self.dirty);
+                }
+                Phase::Http { .. } if conn.rbuf.is_empty() => idle.push(key),
+                _ => {}
+            }
+        }
+        for key in idle {
+            self.close_now(key);
+        }
+        self.flush_dirty();
+    }
+}
+
+/// Answers a connection refused at accept with 503 and closes it. What the client already sent is read first,
+/// so that closing does not reset the connection before the answer is read.
+fn refuse(stream: &mut TcpStream, metrics: &mut Counters, why: &str) {
+    let mut scratch = [0u8; 4096];
+    let _ = stream.read(&mut scratch);
+    let mut out = Vec::with_capacity(160);
+    crate::protocol::handshake::write_response(&mut out, 503, "text/plain", format!("{why}\n").as_bytes(), true);
+    let _ = std::io::Write::write(stream, &out);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    metrics.inc(Metric::Failed503);
+}
