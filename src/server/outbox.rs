@@ -47,7 +47,7 @@ impl Outbox {
 
     /// One vectored write of everything queued (up to [`IOV_MAX`] buffers). Returns the bytes written;
     /// `WouldBlock` and other errors come back as they are. Written bytes leave the queue, a partly written
-    /// buffer keeps its unwritten tail at the front. Releases the queue's memory once it is empty.
+    /// buffer keeps its unwritten tail at the front.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
         if self.queue.is_empty() {
             return Ok(0);
@@ -82,6 +82,11 @@ impl Outbox {
                 n = 0;
             }
         }
+    }
+
+    /// Gives the queue's memory back if it is empty (called from the worker's idle sweep, not per write, so a
+    /// busy subscriber keeps its small queue instead of allocating it again for every message).
+    pub fn release_if_empty(&mut self) {
         if self.queue.is_empty() && self.queue.capacity() > 0 {
             self.queue = VecDeque::new();
         }

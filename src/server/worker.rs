@@ -640,6 +640,7 @@ impl Worker {
         let mut queued = 0u64;
         for (key, conn) in self.conns.iter_mut() {
             queued += conn.outbox.len_bytes() as u64;
+            conn.outbox.release_if_empty();
             match &mut conn.phase {
                 Phase::Http { deadline } => {
                     if now >= *deadline {
