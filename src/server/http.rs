@@ -95,6 +95,10 @@ impl Worker {
                     self.refuse_request(key, &e);
                     false
                 }
+                Err(Refusal::Plain(405, _)) => {
+                    self.method_not_allowed(key, "GET");
+                    false
+                }
                 Err(Refusal::Plain(status, why)) => {
                     self.respond(key, status, "text/plain", format!("{why}\n").as_bytes(), true);
                     false
@@ -113,8 +117,25 @@ impl Worker {
 
     /// Queues a response; with `close`, the connection ends once it is written.
     fn respond(&mut self, key: ConnKey, status: u16, content_type: &str, body: &[u8], close: bool) {
+        self.respond_with(key, status, &[], content_type, body, close);
+    }
+
+    /// Answers 405 with the `Allow` header RFC 9110 15.5.6 requires, and closes.
+    fn method_not_allowed(&mut self, key: ConnKey, allow: &str) {
+        self.respond_with(key, 405, &[("Allow", allow)], "text/plain", b"method not allowed\n", true);
+    }
+
+    fn respond_with(
+        &mut self,
+        key: ConnKey,
+        status: u16,
+        extra: &[(&str, &str)],
+        content_type: &str,
+        body: &[u8],
+        close: bool,
+    ) {
         let mut out = Vec::with_capacity(128 + body.len());
-        handshake::write_response(&mut out, status, content_type, body, close);
+        handshake::write_response_with_headers(&mut out, status, extra, content_type, body, close);
         if status >= 400 {
             self.metrics.inc(Metric::failed_status(status));
         } else {
@@ -196,7 +217,7 @@ impl Worker {
                 return false;
             }
             _ if head.method != Method::Get => {
-                self.respond(key, 405, "text/plain", b"method not allowed\n", true);
+                self.method_not_allowed(key, "GET");
                 return false;
             }
             Route::Healthz => {
@@ -232,7 +253,7 @@ impl Worker {
 
     fn serve_publish(&mut self, key: ConnKey, head: &RequestHead, name: &str, body_len: u64) -> bool {
         if head.method != Method::Post {
-            self.respond(key, 405, "text/plain", b"method not allowed\n", true);
+            self.method_not_allowed(key, "POST");
             return false;
         }
         let Ok(name) = topic::validate(name) else {

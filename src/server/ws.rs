@@ -47,7 +47,8 @@ impl Worker {
             }
         }
         if let Some(conn) = self.conns.get_mut(key) {
-            if conn.core().is_some_and(|c| c.has_pending_control()) {
+            // A pending pong or close to send, or a close handshake just completed (the socket can go).
+            if conn.core().is_some_and(|c| c.has_pending_control() || c.is_done()) {
                 mark_dirty(conn, key, &mut self.dirty);
             }
         }
