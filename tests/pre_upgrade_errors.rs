@@ -426,3 +426,15 @@ fn flood_of_500_bad_requests_leaves_server_healthy() {
     ws.send(tungstenite::Message::text("still here")).expect("send");
     assert_eq!(support::next_data(&mut ws), tungstenite::Message::text("still here"));
 }
+
+/// A client that started a request but did not finish it in time is told 408 before the connection goes.
+#[test]
+fn unfinished_request_gets_408_before_the_disconnect() {
+    let server = Server::start(&["--workers", "1", "--handshake-timeout", "300ms"]);
+    let mut s = TcpStream::connect(server.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: te").expect("write");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 408 "), "got {:?}", String::from_utf8_lossy(&got));
+}

@@ -86,6 +86,8 @@ pub struct Worker {
     pool: Vec<BytesMut>,
     pub(super) dirty: Vec<ConnKey>,
     read_again: Vec<ConnKey>,
+    /// The inbox still held messages when this turn's budget ran out.
+    inbox_backlog: bool,
     pub(super) now: Instant,
     next_tick: Instant,
     drain_deadline: Option<Instant>,
@@ -181,6 +183,7 @@ impl Worker {
             pool: Vec::new(),
             dirty: Vec::new(),
             read_again: Vec::new(),
+            inbox_backlog: false,
             now,
             next_tick: now + TICK,
             drain_deadline: None,
@@ -229,7 +232,7 @@ impl Worker {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if !self.read_again.is_empty() && !self.mesh.is_stalled() {
+        if self.inbox_backlog || (!self.read_again.is_empty() && !self.mesh.is_stalled()) {
             return Duration::ZERO;
         }
         if self.mesh.is_stalled() {
@@ -296,11 +299,8 @@ impl Worker {
                 }
             }
         }
-        if budget == 0 {
-            // More is waiting: come back without sleeping.
-            let _ = self.mesh.me();
-            self.next_tick = self.now;
-        }
+        // More may be waiting: come back without sleeping.
+        self.inbox_backlog = budget == 0;
     }
 
     fn accept_all(&mut self) {
@@ -645,6 +645,10 @@ impl Worker {
                 Phase::Http { deadline } => {
                     if now >= *deadline {
                         self.metrics.inc(Metric::HandshakeTimeouts);
+                        if !conn.rbuf.is_empty() {
+                            // A request was started but not finished in time: say so (best effort), then go.
+                            let _ = std::io::Write::write(&mut conn.stream, REQUEST_TIMEOUT);
+                        }
                         expired.push(key);
                     }
                 }
@@ -700,6 +704,10 @@ impl Worker {
         self.flush_dirty();
     }
 }
+
+/// What a client that started a request but did not finish it within `handshake_timeout` is told.
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n";
 
 /// Answers a connection refused at accept with 503 and closes it. What the client already sent is read first,
 /// so that closing does not reset the connection before the answer is read.
