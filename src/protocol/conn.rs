@@ -150,8 +150,10 @@ impl Connection {
         loop {
             if matches!(self.state, State::Done { .. })
                 || matches!(self.ending, Some(Ending::Failed(_) | Ending::PeerClosed(_)))
+                || self.close_is_final
             {
                 // RFC 6455 5.5.1 and 7.1.7: nothing after the peer's close, or after failing, is acted on.
+                // (`close_is_final` also covers a peer close that crossed ours, where `ending` stays `WeClosed`.)
                 input.clear();
                 return None;
             }
@@ -361,3 +363,6 @@ impl Connection {
         !self.decoder.is_idle()
     }
 }
+
+#[cfg(test)]
+mod tests;
