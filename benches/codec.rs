@@ -12,10 +12,7 @@ use herald::protocol::mask::apply_mask;
 use herald::protocol::Role;
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-const LIMITS: DecodeLimits = DecodeLimits {
-    max_frame_size: 1 << 24,
-    max_message_size: 1 << 24,
-};
+const LIMITS: DecodeLimits = DecodeLimits { max_frame_size: 1 << 24, max_message_size: 1 << 24 };
 
 /// `count` masked FIN frames of `opcode` with `payload`, back to back.
 fn stream(opcode: OpCode, payload: &[u8], count: usize) -> Vec<u8> {

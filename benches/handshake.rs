@@ -32,17 +32,13 @@ fn handshake(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(BROWSER_UPGRADE.len() as u64));
     group.bench_function("parse_validate_browser_upgrade", |b| {
         b.iter(|| {
-            let head = parse_request(black_box(BROWSER_UPGRADE), 8192)
-                .expect("valid")
-                .expect("complete");
+            let head = parse_request(black_box(BROWSER_UPGRADE), 8192).expect("valid").expect("complete");
             head.validate_upgrade().expect("valid upgrade")
         })
     });
     group.finish();
 
-    c.bench_function("handshake/accept_key", |b| {
-        b.iter(|| accept_key(black_box("dGhlIHNhbXBsZSBub25jZQ==")))
-    });
+    c.bench_function("handshake/accept_key", |b| b.iter(|| accept_key(black_box("dGhlIHNhbXBsZSBub25jZQ=="))));
 
     let mut out = Vec::with_capacity(256);
     c.bench_function("handshake/write_switching_protocols", |b| {
@@ -56,10 +52,8 @@ fn handshake(c: &mut Criterion) {
 
 fn envelope(c: &mut Criterion) {
     // 64 bytes of JSON.
-    let data = RawValue::from_string(
-        r#"{"sym":"EURUSD","bid":1.084125,"ask":1.08415,"ts":1717171717000}"#.to_owned(),
-    )
-    .expect("valid json");
+    let data = RawValue::from_string(r#"{"sym":"EURUSD","bid":1.084125,"ask":1.08415,"ts":1717171717000}"#.to_owned())
+        .expect("valid json");
     assert_eq!(data.get().len(), 64);
     let mut out = Vec::with_capacity(256);
     let mut group = c.benchmark_group("control");

@@ -11,10 +11,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
 
-const LIMITS: DecodeLimits = DecodeLimits {
-    max_frame_size: 1 << 20,
-    max_message_size: 1 << 22,
-};
+const LIMITS: DecodeLimits = DecodeLimits { max_frame_size: 1 << 20, max_message_size: 1 << 22 };
 
 /// One data message as a client would send it: fragmented at `cuts`, with pings injected before fragments.
 #[derive(Debug, Clone)]
@@ -30,29 +27,19 @@ struct Message {
 
 /// A payload of a length in `len`, cheap to generate (a seeded pattern rather than one strategy per byte).
 fn large_payload(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
-    (len, any::<u8>()).prop_map(|(len, seed)| {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(seed | 1) ^ seed)
-            .collect()
-    })
+    (len, any::<u8>()).prop_map(|(len, seed)| (0..len).map(|i| (i as u8).wrapping_mul(seed | 1) ^ seed).collect())
 }
 
 /// Payloads around the 7-bit, 16-bit and 64-bit length encodings.
 fn any_length_payload() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        prop::collection::vec(any::<u8>(), 0..130),
-        large_payload(65_530..65_540),
-        large_payload(0..70_000),
-    ]
+    prop_oneof![prop::collection::vec(any::<u8>(), 0..130), large_payload(65_530..65_540), large_payload(0..70_000),]
 }
 
 /// Failing seeds are kept next to this file (integration tests have no `lib.rs` for proptest to find).
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "tests/codec_props.proptest-regressions",
-        ))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/codec_props.proptest-regressions"))),
         ..ProptestConfig::default()
     }
 }
@@ -64,23 +51,9 @@ fn message() -> impl Strategy<Value = Message> {
         // Now and then something past the 16-bit length encoding.
         1 => large_payload(65_530..65_600).prop_map(|b| (false, b)),
     ];
-    let pings = prop::collection::vec(
-        prop::option::weighted(0.3, prop::collection::vec(any::<u8>(), 0..=125)),
-        0..5,
-    );
-    (
-        payload,
-        prop::collection::vec(any::<Index>(), 0..5),
-        pings,
-        any::<[u8; 4]>(),
-    )
-        .prop_map(|((text, payload), cuts, pings, mask)| Message {
-            text,
-            payload,
-            cuts,
-            pings,
-            mask,
-        })
+    let pings = prop::collection::vec(prop::option::weighted(0.3, prop::collection::vec(any::<u8>(), 0..=125)), 0..5);
+    (payload, prop::collection::vec(any::<Index>(), 0..5), pings, any::<[u8; 4]>())
+        .prop_map(|((text, payload), cuts, pings, mask)| Message { text, payload, cuts, pings, mask })
 }
 
 /// The wire bytes of `messages` (masked, client to server) and the events a decoder should yield for them.
@@ -88,11 +61,7 @@ fn encode(messages: &[Message]) -> (Vec<u8>, Vec<Incoming>) {
     let mut wire = Vec::new();
     let mut events = Vec::new();
     for m in messages {
-        let mut cuts: Vec<usize> = m
-            .cuts
-            .iter()
-            .map(|i| i.index(m.payload.len() + 1))
-            .collect();
+        let mut cuts: Vec<usize> = m.cuts.iter().map(|i| i.index(m.payload.len() + 1)).collect();
         cuts.push(0);
         cuts.push(m.payload.len());
         cuts.sort_unstable();
@@ -111,23 +80,14 @@ fn encode(messages: &[Message]) -> (Vec<u8>, Vec<Incoming>) {
             write_masked_frame(&mut wire, fin, opcode, fragment, m.mask);
         }
         let payload = Bytes::copy_from_slice(&m.payload);
-        events.push(if m.text {
-            Incoming::Text(payload)
-        } else {
-            Incoming::Binary(payload)
-        });
+        events.push(if m.text { Incoming::Text(payload) } else { Incoming::Binary(payload) });
     }
     (wire, events)
 }
 
 /// Feeds `wire` in chunks of the given sizes (cycled; the whole stream at once if empty). Returns the events up
 /// to the first error, and that error.
-fn feed(
-    role: Role,
-    limits: DecodeLimits,
-    wire: &[u8],
-    chunks: &[usize],
-) -> (Vec<Incoming>, Option<ProtocolError>) {
+fn feed(role: Role, limits: DecodeLimits, wire: &[u8], chunks: &[usize]) -> (Vec<Incoming>, Option<ProtocolError>) {
     let mut decoder = Decoder::new(role, limits);
     let mut input = BytesMut::new();
     let mut events = Vec::new();
