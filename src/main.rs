@@ -8,13 +8,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_cli(&cli).context("configuration")?;
     init_logging(config.server.log_format);
+    // Handlers first: a SIGTERM that arrives as soon as the address is printed must drain, not kill.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("installing signal handlers")?;
     let handle = herald::server::start(config).context("starting the server")?;
     // Machine-readable line for scripts and tests, whatever the log format.
     println!("herald listening on {}", handle.local_addr());
 
     let trigger = handle.shutdown_trigger();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("herald-signals".into())
         .spawn(move || {

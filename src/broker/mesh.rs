@@ -60,6 +60,9 @@ pub enum MeshMsg {
     Interest(Interest),
     /// A publish from an outside source.
     Publish(ExternalPublish),
+    /// Shutdown barrier: the sending worker has stopped publishing, and every batch it sent this worker is
+    /// ahead of this marker in the queue.
+    Drained(usize),
 }
 
 /// The sending side of one worker's inbox, plus the waker that makes it look.
@@ -151,7 +154,7 @@ impl ExternalPublisher {
 pub struct MeshEnd {
     me: usize,
     peers: Vec<PeerHandle>,
-    overflow: Vec<VecDeque<Broadcast>>,
+    overflow: Vec<VecDeque<MeshMsg>>,
     to_wake: u64,
     /// Times a send found a peer's inbox full (for metrics).
     pub full_events: u64,
@@ -176,18 +179,31 @@ impl MeshEnd {
 
     /// Sends a batch to `worker`, in order behind anything already waiting for it.
     pub fn send_broadcast(&mut self, worker: usize, batch: Broadcast) {
+        self.send_data(worker, MeshMsg::Broadcast(batch));
+    }
+
+    /// Tells every other worker that this one has stopped publishing (shutdown barrier), behind every batch
+    /// already sent to it.
+    pub fn send_drained(&mut self) {
+        for w in 0..self.peers.len() {
+            if w != self.me {
+                self.send_data(w, MeshMsg::Drained(self.me));
+            }
+        }
+    }
+
+    fn send_data(&mut self, worker: usize, msg: MeshMsg) {
         if !self.overflow[worker].is_empty() {
-            self.overflow[worker].push_back(batch);
+            self.overflow[worker].push_back(msg);
             return;
         }
-        match self.peers[worker].data.try_send(MeshMsg::Broadcast(batch)) {
+        match self.peers[worker].data.try_send(msg) {
             Ok(()) => self.to_wake |= 1 << worker,
-            Err(TrySendError::Full(MeshMsg::Broadcast(b))) => {
+            Err(TrySendError::Full(m)) => {
                 self.full_events += 1;
                 self.to_wake |= 1 << worker;
-                self.overflow[worker].push_back(b);
+                self.overflow[worker].push_back(m);
             }
-            Err(TrySendError::Full(_)) => unreachable!("bug: try_send returned a different message"),
             // The peer has exited (shutdown): nothing to deliver to.
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -210,15 +226,14 @@ impl MeshEnd {
     pub fn retry_overflow(&mut self) -> bool {
         let mut stalled = false;
         for w in 0..self.peers.len() {
-            while let Some(batch) = self.overflow[w].pop_front() {
-                match self.peers[w].data.try_send(MeshMsg::Broadcast(batch)) {
+            while let Some(msg) = self.overflow[w].pop_front() {
+                match self.peers[w].data.try_send(msg) {
                     Ok(()) => self.to_wake |= 1 << w,
-                    Err(TrySendError::Full(MeshMsg::Broadcast(b))) => {
-                        self.overflow[w].push_front(b);
+                    Err(TrySendError::Full(m)) => {
+                        self.overflow[w].push_front(m);
                         stalled = true;
                         break;
                     }
-                    Err(TrySendError::Full(_)) => unreachable!("bug: try_send returned a different message"),
                     Err(TrySendError::Disconnected(_)) => {
                         self.overflow[w].clear();
                         break;

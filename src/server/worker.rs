@@ -90,7 +90,24 @@ pub struct Worker {
     inbox_backlog: bool,
     pub(super) now: Instant,
     next_tick: Instant,
+    drain: Drain,
     drain_deadline: Option<Instant>,
+    /// Peers whose shutdown marker has arrived.
+    peers_drained: usize,
+    /// Connections not read while quiescing, read again once the WebSockets are closed.
+    paused_reads: Vec<ConnKey>,
+}
+
+/// Where a worker is in the graceful shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Serving.
+    Running,
+    /// Not accepting, not reading (so no new publishes), delivering what the other workers still send, until
+    /// every peer's marker has arrived (or `quiesce_until`).
+    Quiescing { quiesce_until: Instant },
+    /// Every WebSocket has been sent 1001; flushing until empty or the deadline.
+    Closing,
 }
 
 impl std::fmt::Debug for Worker {
@@ -115,7 +132,9 @@ impl Deliver for Sink<'_> {
         if !core.can_send() {
             return;
         }
-        if conn.outbox.would_exceed(frames.len(), self.cap) {
+        // A subscriber with nothing queued always takes the batch (so one batch larger than the cap, e.g. a
+        // max-size message, still goes out): the queue is bounded by the cap plus one batch.
+        if !conn.outbox.is_empty() && conn.outbox.would_exceed(frames.len(), self.cap) {
             match self.policy {
                 SlowConsumerPolicy::Drop => {
                     self.metrics.add(Metric::BackpressureDrops, u64::from(messages));
@@ -186,7 +205,10 @@ impl Worker {
             inbox_backlog: false,
             now,
             next_tick: now + TICK,
+            drain: Drain::Running,
             drain_deadline: None,
+            peers_drained: 0,
+            paused_reads: Vec::new(),
             cfg,
         })
     }
@@ -217,8 +239,13 @@ impl Worker {
                 }
             }
             self.end_turn();
-            if self.shared.draining.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+            if self.shared.draining.load(Ordering::Relaxed) && self.drain == Drain::Running {
                 self.begin_drain();
+            }
+            if let Drain::Quiescing { quiesce_until } = self.drain {
+                if self.peers_drained + 1 >= self.mesh.workers() || self.now >= quiesce_until {
+                    self.close_websockets();
+                }
             }
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || self.now >= deadline {
@@ -297,6 +324,7 @@ impl Worker {
                     sink.metrics.inc(Metric::Publishes);
                     self.index.publish(&p.topic, p.text, &p.payload, None, &mut sink, &mut self.mesh);
                 }
+                MeshMsg::Drained(_) => self.peers_drained += 1,
             }
         }
         // More may be waiting: come back without sleeping.
@@ -349,6 +377,7 @@ impl Worker {
             self.release_slot(ip);
             return;
         }
+        tracing::trace!(worker = self.id, key, %ip, "accepted");
         entry.insert(Conn::new(stream, ip, self.now + self.cfg.timeouts.handshake_timeout.0));
         self.metrics.inc(Metric::ConnectionsOpen);
     }
@@ -380,6 +409,16 @@ impl Worker {
 
     /// Reads what the socket has (up to the budget) and processes it.
     pub(super) fn read_conn(&mut self, key: ConnKey) {
+        if let Drain::Quiescing { .. } = self.drain {
+            // Shutting down: nothing read now can be published safely; read it after the 1001s.
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.flags & READ_AGAIN == 0 {
+                    conn.flags |= READ_AGAIN;
+                    self.paused_reads.push(key);
+                }
+            }
+            return;
+        }
         if self.mesh.is_stalled() {
             // Backpressure to publishers: read nothing until the mesh has room again.
             self.schedule_read(key);
@@ -611,6 +650,7 @@ impl Worker {
             return;
         }
         let mut conn = self.conns.remove(key);
+        tracing::trace!(worker = self.id, key, ending = ?conn.core().and_then(|c| c.ending()), "connection closed");
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Phase::WebSocket { endpoint, .. } = &conn.phase {
             self.metrics.sub(Metric::WebSocketsOpen, 1);
@@ -681,27 +721,50 @@ impl Worker {
         self.flush_dirty();
     }
 
-    /// Shutdown: stop accepting, say 1001 to every WebSocket, close idle HTTP connections.
+    /// Shutdown, first step: stop accepting and reading (so this worker publishes nothing more), send what is
+    /// coalesced, then tell every peer so with a marker queued behind everything sent to it. The WebSockets are
+    /// closed once every peer's marker has arrived, so that no publish acknowledged anywhere is lost.
     fn begin_drain(&mut self) {
-        self.drain_deadline = Some(self.now + self.cfg.timeouts.shutdown_timeout.0);
+        let shutdown = self.cfg.timeouts.shutdown_timeout.0;
+        self.drain_deadline = Some(self.now + shutdown);
+        self.drain = Drain::Quiescing { quiesce_until: self.now + shutdown / 4 };
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let mut idle = Vec::new();
-        for (key, conn) in self.conns.iter_mut() {
-            match &mut conn.phase {
-                Phase::WebSocket { core, .. } => {
-                    core.close(CloseCode::GOING_AWAY, "server shutting down");
-                    mark_dirty(conn, key, &mut self.dirty);
-                }
-                Phase::Http { .. } if conn.rbuf.is_empty() => idle.push(key),
-                _ => {}
-            }
-        }
+        self.flush_index();
+        self.mesh.send_drained();
+        self.mesh.wake_peers();
+        let idle: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Http { .. }) && c.rbuf.is_empty() && c.outbox.is_empty())
+            .map(|(k, _)| k)
+            .collect();
         for key in idle {
             self.close_now(key);
         }
         self.flush_dirty();
+    }
+
+    /// Shutdown, second step: deliver what the peers sent before their markers, then say 1001 to every
+    /// WebSocket and read again (for the close replies).
+    fn close_websockets(&mut self) {
+        self.drain_inbox();
+        self.flush_index();
+        self.drain = Drain::Closing;
+        for (key, conn) in self.conns.iter_mut() {
+            if let Phase::WebSocket { core, .. } = &mut conn.phase {
+                core.close(CloseCode::GOING_AWAY, "server shutting down");
+                mark_dirty(conn, key, &mut self.dirty);
+            }
+        }
+        self.flush_dirty();
+        for key in std::mem::take(&mut self.paused_reads) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.flags &= !READ_AGAIN;
+            }
+            self.schedule_read(key);
+        }
     }
 }
 

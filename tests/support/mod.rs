@@ -22,7 +22,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["--listen", "127.0.0.1:0", "--no-pin"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -178,7 +178,11 @@ pub fn expect_close(ws: &mut Client) -> (CloseCode, String) {
             Ok(Message::Close(Some(frame))) => return (frame.code, frame.reason.to_string()),
             Ok(Message::Close(None)) => panic!("close without a code"),
             Ok(_) => continue,
-            Err(e) => panic!("expected a close frame, got error {e}"),
+            Err(e) => panic!(
+                "expected a close frame, got error {e} (client {:?} -> {:?})",
+                ws.get_ref().local_addr(),
+                ws.get_ref().peer_addr()
+            ),
         }
     }
 }
@@ -454,7 +458,7 @@ impl HttpConn {
     }
 
     /// Sends one request (keeping the connection open) and reads its response by `Content-Length`:
-    /// (status, head, body).
+    /// (status, head, body). Panics if the connection fails.
     pub fn request(
         &mut self,
         method: &str,
@@ -462,6 +466,18 @@ impl HttpConn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String, Vec<u8>) {
+        self.try_request(method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// [`HttpConn::request`], returning an error when the connection is closed, reset or times out.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, Vec<u8>)> {
+        let closed = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -472,14 +488,16 @@ impl HttpConn {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        self.stream.write_all(&bytes).expect("write request");
+        self.stream.write_all(&bytes)?;
         let mut chunk = [0u8; 16384];
         let head_end = loop {
             if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break p + 4;
             }
-            let n = self.stream.read(&mut chunk).expect("read response head");
-            assert!(n > 0, "connection closed before the response head");
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(closed());
+            }
             self.buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end - 4]).to_string();
@@ -492,12 +510,14 @@ impl HttpConn {
             })
             .expect("Content-Length in response");
         while self.buf.len() < head_end + len {
-            let n = self.stream.read(&mut chunk).expect("read response body");
-            assert!(n > 0, "connection closed before the response body");
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(closed());
+            }
             self.buf.extend_from_slice(&chunk[..n]);
         }
         let body = self.buf[head_end..head_end + len].to_vec();
         self.buf.drain(..head_end + len);
-        (status, head, body)
+        Ok((status, head, body))
     }
 }
