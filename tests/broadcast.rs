@@ -137,8 +137,20 @@ fn summary((b0, payload): &(u8, Vec<u8>)) -> String {
 }
 
 /// Runs the main broadcast check on `workers` workers with `subscribers` raw subscribers.
-fn every_subscriber_gets_the_sequence(workers: usize, subscribers: usize, messages: usize) {
-    let server = Server::start(&["--workers", &workers.to_string()]);
+fn every_subscriber_gets_the_sequence(workers: usize, subscribers: usize, messages: usize) -> Server {
+    every_subscriber_gets_the_sequence_with(&[], workers, subscribers, messages)
+}
+
+fn every_subscriber_gets_the_sequence_with(
+    extra: &[&str],
+    workers: usize,
+    subscribers: usize,
+    messages: usize,
+) -> Server {
+    let workers_arg = workers.to_string();
+    let mut args = vec!["--workers", &workers_arg];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
     let subs = subscribers_on_every_worker(&server, "news", subscribers, workers);
     let n = subs.len();
     let probed = Arc::new(vec![AtomicUsize::new(0)]);
@@ -154,16 +166,28 @@ fn every_subscriber_gets_the_sequence(workers: usize, subscribers: usize, messag
     for (i, reader) in readers.into_iter().enumerate() {
         assert_received(&format!("subscriber {i}"), reader.join().expect("reader thread"), &expected);
     }
+    server
+}
+
+/// A full cross-worker inbox never drops a batch: the publishing worker keeps it, stops reading from its
+/// publishers until the peer has room, and every subscriber on the other worker still gets everything in order.
+#[test]
+fn a_full_cross_worker_inbox_pauses_publishers_and_loses_nothing() {
+    let server = every_subscriber_gets_the_sequence_with(&["--inbox-capacity", "1"], 2, 8, 20_000);
+    assert!(
+        server.metric("herald_inbox_full_total") > 0,
+        "the one-batch inbox was never full: the test proves nothing"
+    );
 }
 
 #[test]
 fn every_subscriber_gets_every_message_once_in_order_with_its_opcode() {
-    every_subscriber_gets_the_sequence(2, 30, 1000);
+    let _ = every_subscriber_gets_the_sequence(2, 30, 1000);
 }
 
 #[test]
 fn every_subscriber_gets_every_message_once_in_order_on_three_workers() {
-    every_subscriber_gets_the_sequence(3, 30, 1000);
+    let _ = every_subscriber_gets_the_sequence(3, 30, 1000);
 }
 
 #[test]
