@@ -1,0 +1,408 @@
+//! `loadgen`: herald's load generator, built to out-run the WebSocket servers it measures.
+//!
+//! Thread-per-core like the server (`--threads` pinned mio loops), it drives any server that speaks the raw
+//! `/sub/{topic}` and `/pub/{topic}` protocol (herald and the peers in `../shared/peers`) through herald's own
+//! sans-IO client core, with honest latency (open-loop schedules, no coordinated omission) and exact delivery
+//! accounting (per-publisher sequence numbers).
+//!
+//! Modules: [`plan`] (what a run does), [`client`] (connect and handshake), [`scan`] (the receive fast path),
+//! [`engine`] (worker loops and phases), [`fanout`], [`findmax`], [`conns`] and [`echo`] (scenarios),
+//! [`stats`] (histograms, sequence tracking, failures), [`report`] (table, JSON, thresholds), [`plot`] (the
+//! SVG timeline), [`sys`] (clock, CPU time, timerfd, /proc).
+//!
+//! Exit status: 0 when the run completed and met its thresholds, 3 when a `--max-*` threshold was broken,
+//! 2 for a usage error, 1 for any other error.
+#![deny(unsafe_code)]
+
+mod client;
+mod conns;
+mod echo;
+mod engine;
+mod fanout;
+mod findmax;
+mod plan;
+mod plot;
+mod report;
+mod scan;
+mod stats;
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::EngineConfig;
+use crate::plan::{FanoutPlan, Rate, Target};
+
+/// Exit status when a threshold is broken.
+const EXIT_THRESHOLD: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about = "Load generator for WebSocket broadcast servers (herald and peers)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// S subscribers over T topics, P publishers: throughput, delivery accounting, end-to-end latency.
+    Fanout(Box<FanoutArgs>),
+    /// Open N connections, hold them, report connect rate, failures and the server's memory per connection.
+    Conns(Box<ConnsArgs>),
+    /// C connections each keeping K messages in flight to an echo endpoint: round trips and their latency.
+    Echo(Box<EchoArgs>),
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Server URL (ws:// only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// Worker threads (event loops); default: available cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Cores to pin workers to, e.g. `0` or `2-3` (worker i on the i-th listed core); default: 0, 1, ...
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Do not pin workers to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// New connections per second over all threads (0: no limit).
+    #[arg(long, default_value_t = 10_000.0)]
+    connect_rate: f64,
+    /// Longest time from dial to completed handshake before the attempt counts as a timeout.
+    #[arg(long, default_value = "10s")]
+    connect_timeout: String,
+    /// Source addresses to spread connections over: a list (127.0.0.1,127.0.0.2) or range (127.0.0.1-127.0.0.8).
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Bytes per read call (one buffer per worker thread).
+    #[arg(long, default_value = "256KiB")]
+    read_size: String,
+    /// Receive time of a message: `kernel` (the socket's receive timestamp, excludes loadgen's own delays) or
+    /// `read` (a clock read after each read call).
+    #[arg(long, value_enum, default_value = "kernel")]
+    rx_time: engine::RxTime,
+    /// Write every figure and the full configuration as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw throughput and latency percentiles over time into this SVG file (fanout and echo).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Sample this process's CPU and RSS from /proc (the server under test).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// No live progress line (it is only shown when stderr is a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    subs: usize,
+    /// Topics (subscriber s and publisher p use topic s % T and p % T).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    pubs: usize,
+    /// Payload bytes per message (at least 20: publisher id, sequence, timestamp).
+    #[arg(long, default_value = "64")]
+    size: String,
+    /// Messages per second over all publishers (open loop, latency from the schedule), or `max`.
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// Closed loop: publishers stay at most K messages ahead of the slowest subscriber of their topic.
+    #[arg(long)]
+    window: Option<u64>,
+    /// Closed loop: with messages in flight, wait until this many can be sent at once (default: window / 2).
+    #[arg(long)]
+    batch: Option<u64>,
+    /// Measured window.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Load before measuring (delivered, not counted).
+    #[arg(long, default_value = "2s")]
+    warmup: String,
+    /// After the window, how long to wait for messages still in flight.
+    #[arg(long, default_value = "2s")]
+    grace: String,
+    /// Longest wait for every subscriber to be confirmed by a probe message.
+    #[arg(long, default_value = "10s")]
+    probe_timeout: String,
+    /// Subscriber path template.
+    #[arg(long, default_value = "/sub/{topic}")]
+    sub_path: String,
+    /// Publisher path template.
+    #[arg(long, default_value = "/pub/{topic}")]
+    pub_path: String,
+    /// Topic name prefix (default: `lg<pid>-`, so concurrent runs do not mix).
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// Publish text frames instead of binary (the payload header is binary: only for lenient servers).
+    #[arg(long)]
+    text: bool,
+    /// Fail (exit 3) when more than this fraction of expected deliveries is missing (e.g. 0, 0.001, 0.1%).
+    #[arg(long)]
+    max_loss: Option<String>,
+    /// Fail (exit 3) when the p99 latency is above this (e.g. 10ms).
+    #[arg(long)]
+    max_p99: Option<String>,
+    /// Search for the highest fixed rate that meets --slo-p99 and --max-loss (default 0), with short runs of
+    /// --duration each, then confirm it with --confirm-runs runs.
+    #[arg(long)]
+    find_max: bool,
+    /// --find-max: the p99 latency the server must stay under.
+    #[arg(long, default_value = "10ms")]
+    slo_p99: String,
+    /// --find-max: first rate tried (default: --rate if it is a number, else 1000).
+    #[arg(long)]
+    start_rate: Option<String>,
+    /// --find-max: stop when the failing rate is within this fraction above the passing one.
+    #[arg(long, default_value_t = 0.05)]
+    precision: f64,
+    /// --find-max: confirmation runs at the found rate (all must pass).
+    #[arg(long, default_value_t = 3)]
+    confirm_runs: usize,
+}
+
+#[derive(Debug, Args)]
+struct ConnsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// How long to hold them once all are settled.
+    #[arg(long, default_value = "10s")]
+    hold: String,
+    /// Path to connect to (`{topic}` is replaced by `loadgen-idle`).
+    #[arg(long, default_value = "/sub/{topic}")]
+    path: String,
+    /// Send a ping on every connection this often (default: stay idle).
+    #[arg(long)]
+    ping_interval: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Connections.
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// Payload bytes per message (at least 20).
+    #[arg(long, default_value = "64")]
+    size: String,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    inflight: u64,
+    /// Measured window.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Load before measuring.
+    #[arg(long, default_value = "2s")]
+    warmup: String,
+    /// After the window, how long to wait for echoes in flight.
+    #[arg(long, default_value = "2s")]
+    grace: String,
+    /// The echo endpoint.
+    #[arg(long, default_value = "/echo")]
+    path: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Fanout(args) => run_fanout(*args),
+        Command::Conns(args) => run_conns(*args),
+        Command::Echo(args) => run_echo(*args),
+    }
+}
+
+/// Builds the engine settings from the common options.
+fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
+    let target = Target::parse(&c.url)?;
+    let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = c.threads.unwrap_or(available);
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let cpus = match (&c.cpus, c.no_pin) {
+        (Some(_), true) => bail!("--cpus and --no-pin contradict each other"),
+        (_, true) => None,
+        (Some(list), false) => Some(plan::parse_cpu_list(list)?),
+        (None, false) => Some((0..threads).map(|i| i % available).collect()),
+    };
+    if !(c.connect_rate >= 0.0 && c.connect_rate.is_finite()) {
+        bail!("--connect-rate must be a non-negative number");
+    }
+    Ok(EngineConfig {
+        target,
+        threads,
+        cpus,
+        connect_rate: c.connect_rate,
+        connect_timeout: plan::parse_duration(&c.connect_timeout).context("--connect-timeout")?,
+        source_ips: match &c.source_ips {
+            Some(list) => plan::parse_source_ips(list)?,
+            None => Vec::new(),
+        },
+        read_size: plan::parse_size(&c.read_size).context("--read-size")?,
+        rx_time: c.rx_time,
+    })
+}
+
+/// Parses `--max-loss`: a fraction (0.001) or a percentage (0.1%).
+fn parse_loss(text: &str) -> anyhow::Result<f64> {
+    let t = text.trim();
+    let value = match t.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .with_context(|| format!("invalid --max-loss {text:?}"))?;
+    if !(0.0..=1.0).contains(&value) {
+        bail!("--max-loss must be between 0 and 1 (or 0% and 100%)");
+    }
+    Ok(value)
+}
+
+fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
+    let cfg = engine_config(&args.common)?;
+    let plan = FanoutPlan {
+        subs: args.subs,
+        topics: args.topics,
+        pubs: args.pubs,
+        size: plan::parse_size(&args.size).context("--size")?,
+        rate: Rate::parse(&args.rate)?,
+        window: args.window,
+        batch: args.batch,
+        warmup: plan::parse_duration(&args.warmup).context("--warmup")?,
+        duration: plan::parse_duration(&args.duration).context("--duration")?,
+        grace: plan::parse_duration(&args.grace).context("--grace")?,
+        probe_timeout: plan::parse_duration(&args.probe_timeout).context("--probe-timeout")?,
+        sub_path: args.sub_path,
+        pub_path: args.pub_path,
+        topic_prefix: args.topic_prefix.unwrap_or_else(|| format!("lg{}-", std::process::id())),
+        text: args.text,
+    };
+    plan.validate()?;
+    let max_loss = args.max_loss.as_deref().map(parse_loss).transpose()?;
+    let max_p99 = match &args.max_p99 {
+        Some(d) => Some(plan::parse_duration(d).context("--max-p99")?.as_nanos() as u64),
+        None => None,
+    };
+    let opts = fanout::RunOptions { progress: !args.common.quiet, server_pid: args.common.server_pid };
+    if args.find_max {
+        let start = match (&args.start_rate, plan.rate) {
+            (Some(text), _) => match Rate::parse(text)? {
+                Rate::Fixed(r) => r,
+                Rate::Max => bail!("--start-rate must be a number"),
+            },
+            (None, Rate::Fixed(r)) => r,
+            (None, Rate::Max) => 1000.0,
+        };
+        if !(args.precision > 0.0 && args.precision < 1.0) {
+            bail!("--precision must be between 0 and 1");
+        }
+        let search = findmax::FindMaxPlan {
+            slo_p99_ns: plan::parse_duration(&args.slo_p99).context("--slo-p99")?.as_nanos() as u64,
+            max_loss: max_loss.unwrap_or(0.0),
+            start_rate: start,
+            precision: args.precision,
+            confirm_runs: args.confirm_runs.max(1),
+            max_trials: 30,
+        };
+        let report = findmax::run(&cfg, &plan, &search, &opts, |t| println!("{}", findmax::trial_line(t)))?;
+        print!("{}", report.human());
+        if let Some(path) = &args.common.json {
+            let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
+            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(if report.found.is_some() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_THRESHOLD) });
+    }
+    let outcome = fanout::run(&cfg, plan.clone(), &opts)?;
+    let report = report::FanoutReport::new(&cfg, &plan, &outcome, args.common.server_pid, (max_loss, max_p99));
+    print!("{}", report.human());
+    if let Some(path) = &args.common.plot {
+        let title = format!(
+            "loadgen fanout {}: {} subs / {} topics / {} pubs, {} B",
+            cfg.target.url, plan.subs, plan.topics, plan.pubs, plan.size
+        );
+        std::fs::write(path, plot::svg(&title, &report.timeline))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.common.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.verdict.passed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_THRESHOLD) })
+}
+
+fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
+    let cfg = engine_config(&args.common)?;
+    let plan = conns::ConnsPlan {
+        conns: args.conns,
+        hold: plan::parse_duration(&args.hold).context("--hold")?,
+        path: plan::fill_template(&args.path, "loadgen-idle"),
+        ping_every: args.ping_interval.as_deref().map(plan::parse_duration).transpose().context("--ping-interval")?,
+        server_pid: args.common.server_pid,
+    };
+    let outcome = conns::run(&cfg, &plan, !args.common.quiet)?;
+    let report = conns::ConnsReport::new(&cfg, &plan, &outcome);
+    print!("{}", report.human());
+    if let Some(path) = &args.common.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let cfg = engine_config(&args.common)?;
+    let plan = echo::EchoPlan {
+        conns: args.conns,
+        size: plan::parse_size(&args.size).context("--size")?,
+        inflight: args.inflight,
+        warmup: plan::parse_duration(&args.warmup).context("--warmup")?,
+        duration: plan::parse_duration(&args.duration).context("--duration")?,
+        grace: plan::parse_duration(&args.grace).context("--grace")?,
+        path: args.path,
+    };
+    if plan.size < plan::payload::HEADER_LEN || plan.conns == 0 || plan.inflight == 0 || plan.duration.is_zero() {
+        bail!("echo needs --size >= 20 and positive --conns, --inflight and --duration");
+    }
+    let outcome = echo::run(&cfg, &plan, !args.common.quiet, args.common.server_pid)?;
+    let report = echo::EchoReport::new(&cfg, &plan, &outcome);
+    print!("{}", report.human());
+    if let Some(path) = &args.common.plot {
+        let title = format!(
+            "loadgen echo {}: {} conns x {} in flight, {} B",
+            cfg.target.url, plan.conns, plan.inflight, plan.size
+        );
+        std::fs::write(path, plot::svg(&title, &report.timeline))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.common.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
