@@ -125,6 +125,18 @@ pub(super) struct Sink<'a> {
     pub(super) policy: SlowConsumerPolicy,
 }
 
+impl<'a> Sink<'a> {
+    /// A sink over a worker's connections, applying `limits`' backpressure cap and slow-consumer policy.
+    pub(super) fn new(
+        conns: &'a mut Slab<Conn>,
+        dirty: &'a mut Vec<ConnKey>,
+        metrics: &'a mut Counters,
+        limits: &crate::config::Limits,
+    ) -> Self {
+        Sink { conns, dirty, metrics, cap: limits.max_backpressure.bytes(), policy: limits.slow_consumer }
+    }
+}
+
 impl Deliver for Sink<'_> {
     fn deliver(&mut self, key: ConnKey, frames: &Bytes, messages: u32) {
         let Some(conn) = self.conns.get_mut(key) else { return };
@@ -290,13 +302,7 @@ impl Worker {
     }
 
     pub(super) fn flush_index(&mut self) {
-        let mut sink = Sink {
-            conns: &mut self.conns,
-            dirty: &mut self.dirty,
-            metrics: &mut self.metrics,
-            cap: self.cfg.limits.max_backpressure.bytes(),
-            policy: self.cfg.limits.slow_consumer,
-        };
+        let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
         self.index.flush(&mut sink, &mut self.mesh);
         let full = self.mesh.full_events;
         if full > 0 {
@@ -310,13 +316,7 @@ impl Worker {
         while budget > 0 {
             let Some(msg) = self.inbox.try_recv() else { break };
             budget -= 1;
-            let mut sink = Sink {
-                conns: &mut self.conns,
-                dirty: &mut self.dirty,
-                metrics: &mut self.metrics,
-                cap: self.cfg.limits.max_backpressure.bytes(),
-                policy: self.cfg.limits.slow_consumer,
-            };
+            let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
             match msg {
                 MeshMsg::Broadcast(batch) => self.index.deliver_remote(&batch, &mut sink),
                 MeshMsg::Interest(i) => self.index.set_remote(&i.topic, i.worker, i.raw, i.json),

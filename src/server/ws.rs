@@ -62,13 +62,7 @@ impl Worker {
         payload: &[u8],
         json: Option<&serde_json::value::RawValue>,
     ) -> usize {
-        let mut sink = Sink {
-            conns: &mut self.conns,
-            dirty: &mut self.dirty,
-            metrics: &mut self.metrics,
-            cap: self.cfg.limits.max_backpressure.bytes(),
-            policy: self.cfg.limits.slow_consumer,
-        };
+        let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
         self.index.publish(topic, text, payload, json, &mut sink, &mut self.mesh)
     }
 
