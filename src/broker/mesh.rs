@@ -113,28 +113,35 @@ pub fn inboxes(wakers: Vec<Arc<mio::Waker>>, capacity: usize) -> (Vec<PeerHandle
     (handles, inboxes)
 }
 
-/// A handle for publish sources outside the workers: sends each publish to one worker, round robin, which
-/// then publishes it like its own (frames it once, delivers locally, forwards to interested peers).
+/// A handle for publish sources outside the workers: sends each publish to one worker, which then publishes it
+/// like its own (frames it once, delivers locally, forwards to interested peers). All publishes of one topic go
+/// through the same worker (chosen by a hash of the topic), so a source's messages keep their order per topic;
+/// different topics spread over the workers.
 #[derive(Debug, Clone)]
 pub struct ExternalPublisher {
     peers: Vec<PeerHandle>,
-    next: usize,
 }
 
 impl ExternalPublisher {
     /// A publisher over every worker's inbox.
     pub fn new(peers: Vec<PeerHandle>) -> Self {
-        ExternalPublisher { peers, next: 0 }
+        ExternalPublisher { peers }
     }
 
-    /// Queues a publish; blocks while the chosen worker's inbox is full (backpressure to the source).
+    /// The worker that carries every publish of `topic` (FNV-1a of the name).
+    fn worker_for(&self, topic: &str) -> usize {
+        let hash =
+            topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        (hash % self.peers.len() as u64) as usize
+    }
+
+    /// Queues a publish; blocks while the topic's worker's inbox is full (backpressure to the source).
     /// Fails only when the workers have exited.
     pub fn publish(&mut self, publish: ExternalPublish) -> Result<(), ExternalPublish> {
         if self.peers.is_empty() {
             return Err(publish);
         }
-        let peer = &self.peers[self.next % self.peers.len()];
-        self.next = self.next.wrapping_add(1);
+        let peer = &self.peers[self.worker_for(&publish.topic)];
         match peer.data.send(MeshMsg::Publish(publish)) {
             Ok(()) => {
                 peer.wake();
