@@ -16,11 +16,11 @@ use serde::Serialize;
 use slab::Slab;
 
 use crate::engine::{self, Conn, EngineConfig, Kind, Load, Phase, Progress, RunError, Shared};
-use crate::fanout::run::{progress_line, wait_until, Ticker};
+use crate::fanout::run::{run_window, wait_until, Window};
 use crate::fanout::Tick;
 use crate::plan::payload;
 use crate::report::{bytes_rate, ns, si, EngineSummary, LoadgenUsage, ThreadUsage, SATURATED_SHARE};
-use crate::stats::{self, Delivery, Failure, Failures, Pair, Percentiles, RecvCounters, SeqOutcome};
+use crate::stats::{self, Delivery, Failure, Failures, Pair, Percentiles, RecvCounters};
 use crate::sys;
 
 /// The `echo` scenario, decided.
@@ -136,14 +136,8 @@ impl EchoLocal {
             counters.foreign += 1;
             return;
         };
-        match c.pair.record(h.seq) {
-            SeqOutcome::InOrder => {}
-            SeqOutcome::Gap(_) => counters.gaps += 1,
-            SeqOutcome::Late => counters.reordered += 1,
-            SeqOutcome::Duplicate => {
-                counters.duplicates += 1;
-                return;
-            }
+        if !counters.count_sequence(c.pair.record(h.seq)) {
+            return;
         }
         if h.sent_ns >= self.measure_ns {
             c.pair.measured += 1;
@@ -272,39 +266,8 @@ pub fn run(
         }
         return Err(RunError::NothingConnected(failures.summary()));
     }
-    let t0 = sys::now_ns() + 2_000_000;
-    let measure = t0 + plan.warmup.as_nanos() as u64;
-    let end = measure + plan.duration.as_nanos() as u64;
-    shared.t0_ns.store(t0, Ordering::Release);
-    shared.measure_ns.store(measure, Ordering::Release);
-    shared.end_ns.store(end, Ordering::Release);
-    shared.set_phase(Phase::Run);
-    let sample = || server_pid.and_then(|pid| sys::proc_sample(pid).ok());
-    let (mut ticks, mut ticker) = (Vec::new(), Ticker::new(t0));
-    let mut next_tick = t0 + 1_000_000_000;
-    let (mut usage_start, mut server_start) = (None, None);
-    loop {
-        let now = sys::now_ns();
-        if usage_start.is_none() && now >= measure {
-            usage_start = Some(sys::process_usage());
-            server_start = sample();
-        }
-        if now >= end {
-            break;
-        }
-        let wake = next_tick.min(end).min(if usage_start.is_none() { measure } else { u64::MAX });
-        std::thread::sleep(Duration::from_nanos(wake.saturating_sub(now)));
-        if sys::now_ns() >= next_tick {
-            next_tick += 1_000_000_000;
-            let tick = ticker.take(&shared, measure);
-            if tty {
-                eprint!("\r{}", progress_line(&tick, &shared));
-            }
-            ticks.push(tick);
-        }
-    }
-    let usage_end = sys::process_usage();
-    let server_end = sample();
+    let Window { measure, end, ticks, usage_start, usage_end, server_start, server_end, .. } =
+        run_window(&shared, plan.warmup, plan.duration, server_pid, tty);
     wait_until(plan.grace, || shared.sum(|p| p.outstanding.load(Ordering::Relaxed).min(u64::MAX / 1024)) == 0);
     if tty {
         eprintln!();
@@ -320,7 +283,7 @@ pub fn run(
         connect_failures: Failures::default(),
         disconnects: Failures::default(),
         window: Duration::from_nanos(end - measure),
-        cpu_ns: usage_end.cpu_ns.saturating_sub(usage_start.unwrap_or(usage_end).cpu_ns),
+        cpu_ns: usage_end.cpu_ns.saturating_sub(usage_start.cpu_ns),
         thread_cpu: Vec::new(),
         server: server_start.zip(server_end),
         ticks,

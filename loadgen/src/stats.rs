@@ -251,6 +251,21 @@ pub struct RecvCounters {
 }
 
 impl RecvCounters {
+    /// Counts what a sequence check found; false for a duplicate, which the caller must not count further.
+    #[inline]
+    pub fn count_sequence(&mut self, outcome: SeqOutcome) -> bool {
+        match outcome {
+            SeqOutcome::InOrder => {}
+            SeqOutcome::Gap(_) => self.gaps += 1,
+            SeqOutcome::Late => self.reordered += 1,
+            SeqOutcome::Duplicate => {
+                self.duplicates += 1;
+                return false;
+            }
+        }
+        true
+    }
+
     /// Adds another thread's counters.
     pub fn add(&mut self, o: &RecvCounters) {
         self.messages += o.messages;

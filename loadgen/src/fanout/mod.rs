@@ -27,7 +27,7 @@ use slab::Slab;
 
 use crate::engine::{Conn, Kind, Progress, Shared};
 use crate::plan::{fill_template, payload, FanoutPlan, Schedule};
-use crate::stats::{self, Failure, Pair, RecvCounters, SeqOutcome};
+use crate::stats::{self, Failure, Pair, RecvCounters};
 use crate::sys;
 
 /// Bytes of frames a publisher builds before writing them.
@@ -550,14 +550,8 @@ impl Receiver<'_> {
         }
         counters.messages += 1;
         let before = pair.next;
-        match pair.record(h.seq) {
-            SeqOutcome::InOrder => {}
-            SeqOutcome::Gap(_) => counters.gaps += 1,
-            SeqOutcome::Late => counters.reordered += 1,
-            SeqOutcome::Duplicate => {
-                counters.duplicates += 1;
-                return;
-            }
+        if !counters.count_sequence(pair.record(h.seq)) {
+            return;
         }
         if let Some(mark) = self.lows.get_mut(p as usize) {
             if pair.next != before && before == mark.low && mark.at_low > 0 {

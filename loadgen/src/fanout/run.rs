@@ -140,43 +140,8 @@ pub fn run(cfg: &EngineConfig, plan: FanoutPlan, opts: &RunOptions) -> Result<Fa
     std::thread::sleep(Duration::from_millis(20));
 
     // Run: warm-up, window, grace.
-    let t0 = sys::now_ns() + 2_000_000;
-    let measure = t0 + plan.warmup.as_nanos() as u64;
-    let end = measure + plan.duration.as_nanos() as u64;
-    shared.t0_ns.store(t0, Ordering::Release);
-    shared.measure_ns.store(measure, Ordering::Release);
-    shared.end_ns.store(end, Ordering::Release);
-    shared.set_phase(Phase::Run);
-
-    let mut ticks = Vec::new();
-    let mut ticker = Ticker::new(t0);
-    let mut next_tick = t0 + 1_000_000_000;
-    let mut usage_start = None;
-    let mut server_start = None;
-    let sample_server = |pid: Option<u32>| pid.and_then(|pid| sys::proc_sample(pid).ok());
-    loop {
-        let now = sys::now_ns();
-        if usage_start.is_none() && now >= measure {
-            usage_start = Some(sys::process_usage());
-            server_start = sample_server(opts.server_pid);
-        }
-        if now >= end {
-            break;
-        }
-        let wake = next_tick.min(end).min(if usage_start.is_none() { measure } else { u64::MAX });
-        std::thread::sleep(Duration::from_nanos(wake.saturating_sub(now)));
-        if sys::now_ns() >= next_tick {
-            next_tick += 1_000_000_000;
-            let tick = ticker.take(&shared, measure);
-            if tty {
-                eprint!("\r{}", progress_line(&tick, &shared));
-            }
-            ticks.push(tick);
-        }
-    }
-    let usage_end = sys::process_usage();
-    let server_end = sample_server(opts.server_pid);
-    let usage_start = usage_start.unwrap_or(usage_end);
+    let Window { measure, end, mut ticks, mut ticker, usage_start, usage_end, server_start, server_end } =
+        run_window(&shared, plan.warmup, plan.duration, opts.server_pid, tty);
 
     // Grace: wait for every publisher to finish and every missing delivery to arrive, or the grace period.
     let drained = wait_until(plan.grace, || {
@@ -206,6 +171,85 @@ pub fn run(cfg: &EngineConfig, plan: FanoutPlan, opts: &RunOptions) -> Result<Fa
             drained,
         },
     ))
+}
+
+/// What the run phase of any scenario measured: the window's bounds, the per-second samples, and loadgen's and
+/// the server's CPU use at the window's two ends.
+pub(crate) struct Window {
+    /// Start of the measured window (after warm-up), CLOCK_MONOTONIC ns.
+    pub(crate) measure: u64,
+    /// End of the measured window.
+    pub(crate) end: u64,
+    /// One sample per second so far.
+    pub(crate) ticks: Vec<Tick>,
+    /// The sampler, for a last sample after the grace period.
+    pub(crate) ticker: Ticker,
+    /// loadgen's CPU use at the window's start (or its end, if the window was empty).
+    pub(crate) usage_start: sys::Usage,
+    /// loadgen's CPU use at the window's end.
+    pub(crate) usage_end: sys::Usage,
+    /// The server's /proc sample at the window's start, if asked.
+    pub(crate) server_start: Option<sys::ProcSample>,
+    /// The server's /proc sample at the window's end, if asked.
+    pub(crate) server_end: Option<sys::ProcSample>,
+}
+
+/// Starts the run phase (warm-up, then the measured window) and waits it out on the calling thread: a sample
+/// of the workers' progress each second (printed when `tty`), and CPU samples of loadgen and of the server
+/// (`server_pid`) when the window opens and closes.
+pub(crate) fn run_window(
+    shared: &Shared,
+    warmup: Duration,
+    duration: Duration,
+    server_pid: Option<u32>,
+    tty: bool,
+) -> Window {
+    let t0 = sys::now_ns() + 2_000_000;
+    let measure = t0 + warmup.as_nanos() as u64;
+    let end = measure + duration.as_nanos() as u64;
+    shared.t0_ns.store(t0, Ordering::Release);
+    shared.measure_ns.store(measure, Ordering::Release);
+    shared.end_ns.store(end, Ordering::Release);
+    shared.set_phase(Phase::Run);
+
+    let sample_server = || server_pid.and_then(|pid| sys::proc_sample(pid).ok());
+    let mut ticks = Vec::new();
+    let mut ticker = Ticker::new(t0);
+    let mut next_tick = t0 + 1_000_000_000;
+    let mut usage_start = None;
+    let mut server_start = None;
+    loop {
+        let now = sys::now_ns();
+        if usage_start.is_none() && now >= measure {
+            usage_start = Some(sys::process_usage());
+            server_start = sample_server();
+        }
+        if now >= end {
+            break;
+        }
+        let wake = next_tick.min(end).min(if usage_start.is_none() { measure } else { u64::MAX });
+        std::thread::sleep(Duration::from_nanos(wake.saturating_sub(now)));
+        if sys::now_ns() >= next_tick {
+            next_tick += 1_000_000_000;
+            let tick = ticker.take(shared, measure);
+            if tty {
+                eprint!("\r{}", progress_line(&tick, shared));
+            }
+            ticks.push(tick);
+        }
+    }
+    let usage_end = sys::process_usage();
+    let server_end = sample_server();
+    Window {
+        measure,
+        end,
+        ticks,
+        ticker,
+        usage_start: usage_start.unwrap_or(usage_end),
+        usage_end,
+        server_start,
+        server_end,
+    }
 }
 
 /// Main-thread figures handed to [`assemble`].
