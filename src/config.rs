@@ -207,6 +207,72 @@ impl fmt::Display for CpuList {
     }
 }
 
+/// A list of strings: a TOML array, or (on the command line and in TOML alike) one comma-separated string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct List(pub Vec<String>);
+
+impl List {
+    /// A list of these items.
+    pub fn of(items: &[&str]) -> List {
+        List(items.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+impl FromStr for List {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(List(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()))
+    }
+}
+
+impl fmt::Display for List {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::One(s) => s.parse().map_err(serde::de::Error::custom)?,
+            Raw::Many(v) => List(v),
+        })
+    }
+}
+
+/// `auth.mode`: `auto` (handshake when a key is configured, else none), `none`, `handshake`, `message` or
+/// `per_message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthModeSetting {
+    /// `handshake` when any key is configured, `none` otherwise.
+    Auto,
+    /// A resolved mode.
+    Fixed(crate::protocol::auth::Mode),
+}
+
+impl FromStr for AuthModeSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use crate::protocol::auth::Mode;
+        Ok(match s {
+            "auto" => AuthModeSetting::Auto,
+            "none" => AuthModeSetting::Fixed(Mode::None),
+            "handshake" => AuthModeSetting::Fixed(Mode::Handshake),
+            "message" => AuthModeSetting::Fixed(Mode::Message),
+            "per_message" | "per-message" => AuthModeSetting::Fixed(Mode::PerMessage),
+            other => {
+                return Err(format!("`{other}` is not an auth mode (auto, none, handshake, message, per_message)"))
+            }
+        })
+    }
+}
+
 /// Deserializes any of the `FromStr` setting types from a TOML string, or from an integer for sizes/durations.
 macro_rules! deserialize_via_from_str {
     ($($t:ty),*) => {$(
@@ -221,14 +287,14 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList);
+deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting);
 
 /// Declares one config section: the typed struct, its defaults, its TOML table and its CLI flags.
 macro_rules! section {
     (
         $(#[doc = $sdoc:literal])*
         $name:ident, $file:ident, $args:ident, $heading:literal {
-            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr ; )*
+            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr $(, flag = $flag:literal)? ; )*
         }
     ) => {
         $(#[doc = $sdoc])*
@@ -247,7 +313,7 @@ macro_rules! section {
         #[derive(Debug, Default, Clone, clap::Args)]
         #[command(next_help_heading = $heading)]
         pub struct $args {
-            $( $(#[doc = $doc])* #[arg(long, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long $(= $flag)?, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
         }
 
         impl $name {
@@ -324,6 +390,50 @@ section! {
     }
 }
 
+section! {
+    /// Authentication and authorization (`[auth]`). Secrets are read from files or environment variables named
+    /// here, never given as values on the command line (where `ps` would show them).
+    Auth, AuthFile, AuthArgs, "Auth" {
+        /// auto (handshake when a key is configured, else none), none, handshake, message or per_message.
+        mode: AuthModeSetting = AuthModeSetting::Auto, flag = "auth-mode";
+        /// File holding the HMAC secret (its bytes as they are; one trailing newline is dropped).
+        secret_file: String = String::new(), flag = "auth-secret-file";
+        /// Environment variable holding the HMAC secret (e.g. HERALD_JWT_SECRET).
+        secret_env: String = String::new(), flag = "auth-secret-env";
+        /// Algorithms the HMAC secret verifies (default HS256).
+        secret_algorithms: List = List::of(&["HS256"]), flag = "auth-secret-algorithms";
+        /// PEM public key file (RSA, EC or Ed25519).
+        public_key_file: String = String::new(), flag = "auth-public-key-file";
+        /// Algorithms the PEM key verifies, e.g. RS256 or ES256 or EdDSA (required with public_key_file).
+        public_key_algorithms: List = List::default(), flag = "auth-public-key-algorithms";
+        /// Local JWKS file; its keys are chosen by `kid`. Reloaded with the other keys on SIGHUP.
+        jwks_file: String = String::new(), flag = "auth-jwks-file";
+        /// Accepted `iss` values (default: not checked).
+        issuer: List = List::default(), flag = "auth-issuer";
+        /// Accepted `aud` values (default: not checked).
+        audience: List = List::default(), flag = "auth-audience";
+        /// Clock skew allowed on `exp` and `nbf` (default 30s).
+        leeway: Dur = Dur(Duration::from_secs(30)), flag = "auth-leeway";
+        /// Message mode: time allowed for the auth message after the upgrade (default 5s).
+        timeout: Dur = Dur(Duration::from_secs(5)), flag = "auth-timeout";
+        /// Where tokens are read from, tried in this order: authorization, x-auth-token, cookie, query,
+        /// subprotocol (default: all).
+        carriers: List = List::of(&["authorization", "x-auth-token", "cookie", "query", "subprotocol"]),
+            flag = "auth-carriers";
+        /// Name of the cookie carrying the token (default herald_token).
+        cookie_name: String = "herald_token".to_string(), flag = "auth-cookie-name";
+        /// Origins allowed to open WebSockets (exact, e.g. https://app.example). When set, any other Origin gets
+        /// 403; cookie tokens are only accepted with a listed Origin (default: empty).
+        allowed_origins: List = List::default(), flag = "auth-allowed-origins";
+        /// File holding a static API key that authorizes POST /publish for any topic (compared in constant time).
+        api_key_file: String = String::new(), flag = "auth-api-key-file";
+        /// Environment variable holding that API key.
+        api_key_env: String = String::new(), flag = "auth-api-key-env";
+        /// Largest token accepted (default 8KiB).
+        max_token_size: Size = Size::kib(8), flag = "auth-max-token-size";
+    }
+}
+
 /// The whole configuration, after defaults, the file and the CLI have been merged and validated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
@@ -333,6 +443,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[timeouts]`
     pub timeouts: Timeouts,
+    /// `[auth]`
+    pub auth: Auth,
 }
 
 /// The TOML file layout.
@@ -342,13 +454,14 @@ struct ConfigFile {
     server: Option<ServerFile>,
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
+    auth: Option<AuthFile>,
 }
 
 /// Every command-line flag.
 #[derive(Debug, Default, Clone, clap::Parser)]
 #[command(name = "herald", version, about = "herald: a thread-per-core WebSocket push and broadcast server")]
 pub struct Cli {
-    /// Read settings from this TOML file (sections [server], [limits], [timeouts]); flags override it.
+    /// Read settings from this TOML file (sections [server], [limits], [timeouts], [auth]); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Do not pin worker threads to cores.
@@ -363,6 +476,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub timeouts: TimeoutsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: AuthArgs,
 }
 
 impl Config {
@@ -387,6 +503,7 @@ impl Config {
         config.server.merge(file.server, &cli.server);
         config.limits.merge(file.limits, &cli.limits);
         config.timeouts.merge(file.timeouts, &cli.timeouts);
+        config.auth.merge(file.auth, &cli.auth);
         if cli.no_pin {
             config.server.pin = false;
         }
@@ -435,6 +552,22 @@ impl Config {
         }
         if self.timeouts.close_timeout.0.is_zero() {
             return Err(invalid("timeouts.close_timeout", "must be more than 0"));
+        }
+        let a = &self.auth;
+        if let Some(bad) = a.carriers.0.iter().find(|c| crate::protocol::auth::Carrier::from_name(c).is_none()) {
+            return Err(ConfigError::Invalid {
+                key: "auth.carriers",
+                message: format!("`{bad}` is not a carrier (authorization, x-auth-token, cookie, query, subprotocol)"),
+            });
+        }
+        if a.timeout.0.is_zero() {
+            return Err(invalid("auth.timeout", "must be more than 0"));
+        }
+        if a.max_token_size.0 < 64 {
+            return Err(invalid("auth.max_token_size", "must be at least 64 bytes"));
+        }
+        if !a.public_key_file.is_empty() && a.public_key_algorithms.0.is_empty() {
+            return Err(invalid("auth.public_key_algorithms", "name the algorithms the public key verifies"));
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! is built once per publish (never per subscriber) and then framed once.
 //!
 //! Client to server: `{"type":"subscribe","topic":"t","id":1}`, `{"type":"unsubscribe","topic":"t","id":1}`,
-//! `{"type":"publish","topic":"t","data":<any JSON>,"id":2}`. Replies: `{"type":"ack","id":1}` or
+//! `{"type":"publish","topic":"t","data":<any JSON>,"id":2}`, and `{"type":"auth","token":"<jwt>","id":3}` (first
+//! message in auth message mode, or a token refresh in any mode). With per-message auth, subscribe and publish
+//! carry `"token":"<jwt>"` too. Replies: `{"type":"ack","id":1}` or
 //! `{"type":"error","id":1,"code":"...","message":"..."}`; `id` is optional, any JSON value, echoed verbatim.
 //! Delivery: `{"type":"message","topic":"t","data":...}` (or `"data_b64":"..."` for binary raw publishes).
 
@@ -22,6 +24,8 @@ pub enum ControlRequest {
     Subscribe {
         /// The topic name, not yet validated against the topic rules.
         topic: String,
+        /// The request's own token (per-message auth).
+        token: Option<String>,
         /// The request id, echoed in the reply.
         id: Option<Box<RawValue>>,
     },
@@ -38,6 +42,15 @@ pub enum ControlRequest {
         topic: String,
         /// The payload's JSON text.
         data: Box<RawValue>,
+        /// The request's own token (per-message auth).
+        token: Option<String>,
+        /// The request id.
+        id: Option<Box<RawValue>>,
+    },
+    /// Authenticate (or refresh) the connection with `token`.
+    Auth {
+        /// The token.
+        token: String,
         /// The request id.
         id: Option<Box<RawValue>>,
     },
@@ -76,7 +89,7 @@ pub fn parse_request(text: &[u8]) -> Result<ControlRequest, ControlError> {
         }
         Err(e) => return Err(invalid_json(&e)),
     };
-    let WireRequest { kind, topic, data, id } = wire;
+    let WireRequest { kind, topic, data, id, token } = wire;
     let Some(kind) = kind else {
         return Err(invalid_request(id, "missing field `type`".to_owned()));
     };
@@ -84,11 +97,17 @@ pub fn parse_request(text: &[u8]) -> Result<ControlRequest, ControlError> {
         "subscribe" => Kind::Subscribe,
         "unsubscribe" => Kind::Unsubscribe,
         "publish" => Kind::Publish,
+        "auth" => {
+            return match token {
+                Some(token) => Ok(ControlRequest::Auth { token, id }),
+                None => Err(invalid_request(id, "missing field `token`".to_owned())),
+            }
+        }
         _ => {
             return Err(ControlError {
                 id,
                 code: UNKNOWN_TYPE,
-                message: "unknown type: expected subscribe, unsubscribe or publish".to_owned(),
+                message: "unknown type: expected subscribe, unsubscribe, publish or auth".to_owned(),
             })
         }
     };
@@ -96,10 +115,10 @@ pub fn parse_request(text: &[u8]) -> Result<ControlRequest, ControlError> {
         return Err(invalid_request(id, "missing field `topic`".to_owned()));
     };
     Ok(match kind {
-        Kind::Subscribe => ControlRequest::Subscribe { topic, id },
+        Kind::Subscribe => ControlRequest::Subscribe { topic, token, id },
         Kind::Unsubscribe => ControlRequest::Unsubscribe { topic, id },
         Kind::Publish => match data {
-            Some(data) => ControlRequest::Publish { topic, data, id },
+            Some(data) => ControlRequest::Publish { topic, data, token, id },
             None => return Err(invalid_request(id, "missing field `data`".to_owned())),
         },
     })
@@ -129,6 +148,7 @@ struct WireRequest {
     data: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "present_raw")]
     id: Option<Box<RawValue>>,
+    token: Option<String>,
 }
 
 /// Just the id, read on its own when the full request has the wrong shape.
@@ -256,7 +276,7 @@ mod tests {
     #[test]
     fn parses_subscribe_with_numeric_id() {
         match parse_ok(r#"{"type":"subscribe","topic":"news","id":1}"#) {
-            ControlRequest::Subscribe { topic, id } => {
+            ControlRequest::Subscribe { topic, id, .. } => {
                 assert_eq!(topic, "news");
                 assert_eq!(id_text(&id), Some("1"));
             }
@@ -283,7 +303,7 @@ mod tests {
     fn publish_keeps_data_text_verbatim() {
         let text = r#"{"type":"publish","topic":"t","data":{"b": [1, 2.50, "x"]},"id":[1]}"#;
         match parse_ok(text) {
-            ControlRequest::Publish { topic, data, id } => {
+            ControlRequest::Publish { topic, data, id, .. } => {
                 assert_eq!(topic, "t");
                 assert_eq!(data.get(), r#"{"b": [1, 2.50, "x"]}"#);
                 assert_eq!(id_text(&id), Some("[1]"));

@@ -1,4 +1,5 @@
-//! The `herald` binary: load the configuration, set up logging, run the server until SIGTERM/SIGINT.
+//! The `herald` binary: load the configuration, set up logging, run the server until SIGTERM/SIGINT; SIGHUP
+//! re-reads the auth keys.
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,18 +10,27 @@ fn main() -> anyhow::Result<()> {
     let config = Config::from_cli(&cli).context("configuration")?;
     init_logging(config.server.log_format);
     // Handlers first: a SIGTERM that arrives as soon as the address is printed must drain, not kill.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let handle = herald::server::start(config).context("starting the server")?;
     // Machine-readable line for scripts and tests, whatever the log format.
     println!("herald listening on {}", handle.local_addr());
 
     let trigger = handle.shutdown_trigger();
+    let reload = handle.key_reloader();
     std::thread::Builder::new()
         .name("herald-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match reload() {
+                        Ok(keys) => tracing::info!(keys, "SIGHUP: auth keys reloaded"),
+                        Err(e) => tracing::error!("SIGHUP: keeping the old auth keys: {e}"),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal, "shutting down: draining connections");

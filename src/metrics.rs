@@ -42,6 +42,8 @@ series! {
     Upgrades => "herald_upgrades_total", Counter, "", "WebSocket upgrades completed (101 sent).";
     HttpRequests => "herald_http_requests_total", Counter, "", "Plain HTTP requests answered (healthz, metrics, publish).";
     Failed400 => "herald_handshakes_failed_total", Counter, "status=\"400\"", "Requests refused before the upgrade, by HTTP status.";
+    Failed401 => "herald_handshakes_failed_total", Counter, "status=\"401\"", "";
+    Failed403 => "herald_handshakes_failed_total", Counter, "status=\"403\"", "";
     Failed404 => "herald_handshakes_failed_total", Counter, "status=\"404\"", "";
     Failed405 => "herald_handshakes_failed_total", Counter, "status=\"405\"", "";
     Failed413 => "herald_handshakes_failed_total", Counter, "status=\"413\"", "";
@@ -69,7 +71,17 @@ series! {
     Close1008 => "herald_close_codes_sent_total", Counter, "code=\"1008\"", "";
     Close1009 => "herald_close_codes_sent_total", Counter, "code=\"1009\"", "";
     Close1011 => "herald_close_codes_sent_total", Counter, "code=\"1011\"", "";
+    Close4401 => "herald_close_codes_sent_total", Counter, "code=\"4401\"", "";
+    Close4403 => "herald_close_codes_sent_total", Counter, "code=\"4403\"", "";
     CloseOther => "herald_close_codes_sent_total", Counter, "code=\"other\"", "";
+    AuthOk => "herald_auth_checks_total", Counter, "result=\"ok\"", "Token and permission checks, by result (upgrades, auth messages, per-message requests, POST /publish).";
+    AuthUnauthorized => "herald_auth_checks_total", Counter, "result=\"unauthorized\"", "";
+    AuthForbidden => "herald_auth_checks_total", Counter, "result=\"forbidden\"", "";
+    AuthBadOrigin => "herald_auth_checks_total", Counter, "result=\"bad_origin\"", "";
+    AuthCacheHits => "herald_auth_cache_hits_total", Counter, "", "Per-message tokens accepted from the connection's cache (no signature check).";
+    AuthTimeouts => "herald_auth_closes_total", Counter, "reason=\"timeout\"", "Connections closed with 4401 by the server's clock, by reason.";
+    AuthExpired => "herald_auth_closes_total", Counter, "reason=\"expired\"", "";
+    KeyReloads => "herald_auth_key_reloads_total", Counter, "", "Key sets put in force by SIGHUP, counted per worker.";
     ConnectionsOpen => "herald_connections_open", Gauge, "", "Open connections (all phases), per worker.";
     WebSocketsOpen => "herald_websockets_open", Gauge, "", "Open WebSocket connections, per worker.";
     Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
@@ -89,6 +101,8 @@ impl Metric {
             1008 => Metric::Close1008,
             1009 => Metric::Close1009,
             1011 => Metric::Close1011,
+            4401 => Metric::Close4401,
+            4403 => Metric::Close4403,
             _ => Metric::CloseOther,
         }
     }
@@ -97,6 +111,8 @@ impl Metric {
     pub fn failed_status(status: u16) -> Metric {
         match status {
             400 => Metric::Failed400,
+            401 => Metric::Failed401,
+            403 => Metric::Failed403,
             404 => Metric::Failed404,
             405 => Metric::Failed405,
             413 => Metric::Failed413,

@@ -63,6 +63,8 @@ pub enum MeshMsg {
     /// Shutdown barrier: the sending worker has stopped publishing, and every batch it sent this worker is
     /// ahead of this marker in the queue.
     Drained(usize),
+    /// New verification keys (SIGHUP rotation), for the worker's auth policy.
+    Keys(Arc<crate::protocol::auth::KeySet>),
 }
 
 /// The sending side of one worker's inbox, plus the waker that makes it look.
@@ -74,6 +76,14 @@ pub struct PeerHandle {
 }
 
 impl PeerHandle {
+    /// Sends a control message (ahead of queued data) and wakes the worker.
+    pub fn send_control(&self, msg: MeshMsg) {
+        // The worker has exited (shutdown) when this fails: nothing to tell it.
+        if self.control.send(msg).is_ok() {
+            self.wake();
+        }
+    }
+
     /// Wakes the worker's loop.
     pub fn wake(&self) {
         if let Err(e) = self.waker.wake() {

@@ -13,7 +13,9 @@
 //! - [`close`]: close codes and close frames.
 //! - [`conn`]: the per-connection state machine (ping/pong, close handshake, timeouts).
 //! - [`error`]: protocol errors and the close code each one puts on the wire.
+//! - [`auth`]: JWT verification, token carriers, grants and per-connection auth state (unix time passed in).
 
+pub mod auth;
 pub mod close;
 pub mod codec;
 pub mod conn;

@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 
 use super::outbox::Outbox;
 use crate::broker::index::TopicId;
+use crate::protocol::auth::ConnAuth;
 use crate::protocol::conn::Connection;
 
 /// What a WebSocket connection is for (from its path).
@@ -22,6 +23,8 @@ pub enum Endpoint {
     Echo,
     /// `/sub/{topic}`: receives the topic's messages.
     Sub(TopicId),
+    /// `/sub/{topic}` in auth message mode: subscribed once the auth message allows it.
+    SubPending(Arc<str>),
     /// `/pub/{topic}`: every message is published to the topic.
     Pub(Arc<str>),
     /// `/ws`: the JSON control protocol; the topics it subscribed to.
@@ -74,6 +77,8 @@ pub struct Conn {
     pub outbox: Outbox,
     /// The peer's address (for the per-IP limit).
     pub ip: IpAddr,
+    /// Its auth state (`Off` when auth is not in force).
+    pub auth: ConnAuth,
     /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`.
     pub flags: u8,
 }
@@ -81,7 +86,15 @@ pub struct Conn {
 impl Conn {
     /// A connection just accepted.
     pub fn new(stream: TcpStream, ip: IpAddr, deadline: Instant) -> Self {
-        Conn { stream, phase: Phase::Http { deadline }, rbuf: BytesMut::new(), outbox: Outbox::default(), ip, flags: 0 }
+        Conn {
+            stream,
+            phase: Phase::Http { deadline },
+            rbuf: BytesMut::new(),
+            outbox: Outbox::default(),
+            ip,
+            auth: ConnAuth::Off,
+            flags: 0,
+        }
     }
 
     /// Whether data frames may still be queued to it.

@@ -4,10 +4,12 @@
 use bytes::Bytes;
 
 use super::conn::{Endpoint, Phase};
-use super::worker::{mark_dirty, Worker};
+use super::worker::{mark_dirty, unix_now, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
 use crate::metrics::{self, Metric};
+use crate::protocol::auth::policy::Need;
+use crate::protocol::auth::{ConnAuth, Denied, Mode};
 use crate::protocol::conn::Connection;
 use crate::protocol::handshake::{self, HandshakeError, Method, RequestHead};
 
@@ -65,6 +67,8 @@ enum Refusal {
     Handshake(HandshakeError),
     /// Any other refusal: status and one-line reason.
     Plain(u16, &'static str),
+    /// Refused by the auth policy (401 with `WWW-Authenticate`, or 403).
+    Auth(Denied),
 }
 
 impl From<HandshakeError> for Refusal {
@@ -103,6 +107,10 @@ impl Worker {
                     self.respond(key, status, "text/plain", format!("{why}\n").as_bytes(), true);
                     false
                 }
+                Err(Refusal::Auth(denied)) => {
+                    self.refuse_auth(key, &denied);
+                    false
+                }
             };
         }
         self.serve_http(key, &head, route)
@@ -113,6 +121,19 @@ impl Worker {
         e.write_response(&mut out);
         self.metrics.inc(Metric::failed_status(e.status()));
         self.finish_with(key, out, true);
+    }
+
+    /// Answers an auth refusal (401 with `WWW-Authenticate`, or 403) and closes.
+    fn refuse_auth(&mut self, key: ConnKey, denied: &Denied) {
+        self.metrics.inc(match denied {
+            Denied::Unauthorized(_) => Metric::AuthUnauthorized,
+            Denied::Forbidden => Metric::AuthForbidden,
+            Denied::BadOrigin => Metric::AuthBadOrigin,
+        });
+        let challenge = denied.www_authenticate();
+        let extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| ("WWW-Authenticate", c)).into_iter().collect();
+        let body = format!("{}\n", denied.reason());
+        self.respond_with(key, denied.status(), &extra, "text/plain", body.as_bytes(), true);
     }
 
     /// Queues a response; with `close`, the connection ends once it is written.
@@ -171,26 +192,39 @@ impl Worker {
         if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Refusal::Plain(503, "draining"));
         }
+        let need = match route {
+            Route::Sub(t) => Need::Subscribe(topic::validate(t).map_err(|_| bad_topic())?),
+            Route::Pub(t) => Need::Publish(topic::validate(t).map_err(|_| bad_topic())?),
+            _ => Need::Connect,
+        };
+        let admitted = self
+            .auth
+            .check_upgrade(head, need, route == Route::Ws, self.now, unix_now(), &mut self.grants)
+            .map_err(Refusal::Auth)?;
+        if let ConnAuth::Granted { grants, .. } = &admitted.auth {
+            self.metrics.inc(Metric::AuthOk);
+            tracing::debug!(worker = self.id, key, sub = grants.subject(), "authenticated at the upgrade");
+        }
+        let awaiting = !admitted.auth.is_open();
         let endpoint = match route {
             Route::Echo => Endpoint::Echo,
             Route::Ws => Endpoint::Json(Vec::new()),
-            Route::Pub(t) => Endpoint::Pub(topic::validate(t).map_err(|_| bad_topic())?.into()),
-            Route::Sub(t) => {
-                let t = topic::validate(t).map_err(|_| bad_topic())?;
-                match self.index.subscribe(t, key, SubKind::Raw) {
-                    Ok(id) => Endpoint::Sub(id),
-                    Err(IndexError::TooManyTopics) => {
-                        self.metrics.inc(Metric::TopicLimit);
-                        return Err(Refusal::Plain(503, "too many topics on this worker"));
-                    }
+            Route::Pub(t) => Endpoint::Pub(t.into()),
+            Route::Sub(t) if awaiting => Endpoint::SubPending(t.into()),
+            Route::Sub(t) => match self.index.subscribe(t, key, SubKind::Raw) {
+                Ok(id) => Endpoint::Sub(id),
+                Err(IndexError::TooManyTopics) => {
+                    self.metrics.inc(Metric::TopicLimit);
+                    return Err(Refusal::Plain(503, "too many topics on this worker"));
                 }
-            }
+            },
             _ => return Err(Refusal::Plain(404, "not found")),
         };
         let mut out = Vec::with_capacity(160);
-        handshake::write_switching_protocols(&mut out, &accept, None);
+        handshake::write_switching_protocols(&mut out, &accept, admitted.subprotocol);
         let core = Connection::new(self.now, &self.settings, key as u64);
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
+        conn.auth = admitted.auth;
         let _ = conn.rbuf.split_to(head.head_len);
         conn.outbox.push(Bytes::from(out));
         conn.phase = Phase::WebSocket { core: Box::new(core), endpoint };
@@ -257,22 +291,19 @@ impl Worker {
             return false;
         }
         let Ok(name) = topic::validate(name) else {
-            self.respond(
-                key,
-                400,
-                "text/plain",
-                match bad_topic() {
-                    Refusal::Plain(_, why) => format!("{why}\n"),
-                    Refusal::Handshake(e) => format!("{e}\n"),
-                }
-                .as_bytes(),
-                true,
-            );
+            self.respond(key, 400, "text/plain", format!("{BAD_TOPIC}\n").as_bytes(), true);
             return false;
         };
         if head.content_length().ok().flatten().is_none() {
             self.respond(key, 411, "text/plain", b"Content-Length required\n", true);
             return false;
+        }
+        if let Err(denied) = self.auth.check_http_publish(head, name, unix_now(), &mut self.grants) {
+            self.refuse_auth(key, &denied);
+            return false;
+        }
+        if self.auth.mode() != Mode::None {
+            self.metrics.inc(Metric::AuthOk);
         }
         if body_len > self.cfg.limits.max_message_size.0 {
             self.respond(key, 413, "text/plain", b"body larger than max_message_size\n", true);
@@ -306,8 +337,10 @@ impl Worker {
     }
 }
 
+const BAD_TOPIC: &str = "invalid topic: 1 to 128 bytes of A-Z a-z 0-9 . _ : -";
+
 fn bad_topic() -> Refusal {
-    Refusal::Plain(400, "invalid topic: 1 to 128 bytes of A-Z a-z 0-9 . _ : -")
+    Refusal::Plain(400, BAD_TOPIC)
 }
 
 #[cfg(test)]

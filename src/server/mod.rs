@@ -6,9 +6,11 @@
 //! - [`ws`]: what each WebSocket endpoint does with messages.
 //! - [`conn`]: one connection's socket, phase, buffer and outbox.
 //! - [`outbox`]: queued frames and the vectored write.
+//! - [`keys`]: reading the configured key material into the auth policy (at start and on SIGHUP).
 
 pub mod conn;
 pub mod http;
+pub mod keys;
 pub mod listener;
 pub mod outbox;
 pub mod worker;
@@ -53,12 +55,16 @@ pub enum ServerError {
     /// A worker thread panicked.
     #[error("worker {0} panicked")]
     Panicked(usize),
+    /// The `[auth]` settings could not be put in force.
+    #[error(transparent)]
+    Auth(#[from] keys::AuthSetupError),
 }
 
 /// A running server: its address, and the means to stop it and wait for it.
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    cfg: Arc<Config>,
     shared: Arc<Shared>,
     peers: Vec<PeerHandle>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
@@ -80,6 +86,21 @@ impl ServerHandle {
         let shared = self.shared.clone();
         let peers = self.peers.clone();
         move || begin_shutdown(&shared, &peers)
+    }
+
+    /// A closure that re-reads the configured keys and puts them in force on every worker (for SIGHUP). On
+    /// an error the old keys stay in force and the error is returned.
+    pub fn key_reloader(&self) -> impl Fn() -> Result<usize, keys::AuthSetupError> + Send + 'static {
+        let cfg = self.cfg.clone();
+        let peers = self.peers.clone();
+        move || {
+            let set = Arc::new(keys::load_keys(&cfg.auth)?);
+            let n = set.len();
+            for p in &peers {
+                p.send_control(mesh::MeshMsg::Keys(set.clone()));
+            }
+            Ok(n)
+        }
     }
 
     /// A publisher for sources outside the workers (it enters through the workers' normal publish path).
@@ -111,6 +132,7 @@ fn begin_shutdown(shared: &Shared, peers: &[PeerHandle]) {
 /// Binds the listeners and starts the workers, each on its own (pinned) thread.
 pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let cfg = Arc::new(cfg);
+    let auth = keys::build_policy(&cfg.auth)?;
     let workers = cfg.server.workers;
     let (listeners, addr) = listener::bind_all(cfg.server.listen, workers)
         .map_err(|source| ServerError::Bind { addr: cfg.server.listen, source })?;
@@ -130,6 +152,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         let mesh_end = MeshEnd::new(id, peers.clone());
         let shared = shared.clone();
         let cfg = cfg.clone();
+        let auth = auth.clone();
         let core = cores.as_ref().and_then(|c| c.get(id % c.len().max(1)).copied());
         let thread = std::thread::Builder::new()
             .name(format!("herald-worker-{id}"))
@@ -139,14 +162,14 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
                         tracing::warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                let worker = Worker::new(id, poll, listener, mesh_end, inbox, shared, cfg)?;
+                let worker = Worker::new(id, poll, listener, (mesh_end, inbox), shared, cfg, auth)?;
                 worker.run()
             })
             .map_err(|source| ServerError::Worker { worker: id, source })?;
         threads.push(thread);
     }
-    tracing::info!(%addr, workers, pinned = cores.is_some(), "herald listening");
-    Ok(ServerHandle { addr, shared, peers, threads })
+    tracing::info!(%addr, workers, pinned = cores.is_some(), auth = ?auth.mode(), "herald listening");
+    Ok(ServerHandle { addr, cfg, shared, peers, threads })
 }
 
 /// The cores to pin to, in worker order, or `None` when pinning is off or impossible.

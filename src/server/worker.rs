@@ -24,6 +24,8 @@ use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::metrics::{Counters, Metric, WorkerSlot};
+use crate::protocol::auth::session::Lapse;
+use crate::protocol::auth::{AuthPolicy, ConnAuth, Interner, CLOSE_UNAUTHORIZED};
 use crate::protocol::close::CloseCode;
 use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::ConnSettings;
@@ -83,6 +85,10 @@ pub struct Worker {
     pub(super) cfg: Arc<Config>,
     pub(super) settings: ConnSettings,
     pub(super) metrics: Counters,
+    /// The auth policy (keys rotate by mesh message).
+    pub(super) auth: AuthPolicy,
+    /// Grants interned for this worker's connections.
+    pub(super) grants: Interner,
     pool: Vec<BytesMut>,
     pub(super) dirty: Vec<ConnKey>,
     read_again: Vec<ConnKey>,
@@ -175,15 +181,15 @@ pub(super) fn mark_dirty(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>
 }
 
 impl Worker {
-    /// Builds worker `id` around its poll, listener and mesh end.
+    /// Builds worker `id` around its poll, listener and its end of the mesh (sending side, inbox).
     pub fn new(
         id: usize,
         poll: Poll,
         listener: std::net::TcpListener,
-        mesh: MeshEnd,
-        inbox: Inbox,
+        (mesh, inbox): (MeshEnd, Inbox),
         shared: Arc<Shared>,
         cfg: Arc<Config>,
+        auth: AuthPolicy,
     ) -> io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -211,6 +217,8 @@ impl Worker {
             shared,
             settings,
             metrics: Counters::default(),
+            auth,
+            grants: Interner::default(),
             pool: Vec::new(),
             dirty: Vec::new(),
             read_again: Vec::new(),
@@ -325,6 +333,11 @@ impl Worker {
                     self.index.publish(&p.topic, p.text, &p.payload, None, &mut sink, &mut self.mesh);
                 }
                 MeshMsg::Drained(_) => self.peers_drained += 1,
+                MeshMsg::Keys(keys) => {
+                    tracing::info!(worker = self.id, keys = keys.len(), "auth keys rotated");
+                    sink.metrics.inc(Metric::KeyReloads);
+                    self.auth.set_keys(keys);
+                }
             }
         }
         // More may be waiting: come back without sleeping.
@@ -661,7 +674,7 @@ impl Worker {
                         self.index.unsubscribe(*t, key, SubKind::Json);
                     }
                 }
-                Endpoint::Echo | Endpoint::Pub(_) => {}
+                Endpoint::Echo | Endpoint::Pub(_) | Endpoint::SubPending(_) => {}
             }
         }
         let buf = std::mem::take(&mut conn.rbuf);
@@ -675,6 +688,7 @@ impl Worker {
     /// Timers: handshake deadlines, pings, idle timeouts, close waits and lingers.
     fn tick(&mut self) {
         let now = self.now;
+        let unix = unix_now();
         let mut expired = Vec::new();
         let mut touched = Vec::new();
         let mut queued = 0u64;
@@ -698,6 +712,17 @@ impl Worker {
                     }
                 }
                 Phase::WebSocket { core, .. } => {
+                    if let Some(lapse) = conn.auth.lapsed(now, unix) {
+                        if core.can_send() {
+                            self.metrics.inc(match lapse {
+                                Lapse::Timeout => Metric::AuthTimeouts,
+                                Lapse::Expired => Metric::AuthExpired,
+                            });
+                            core.close(CloseCode(CLOSE_UNAUTHORIZED), lapse.reason());
+                            conn.auth = ConnAuth::Off;
+                            touched.push(key);
+                        }
+                    }
                     if core.poll_timeout(&self.settings).is_some_and(|t| now >= t) {
                         core.handle_timeout(now, &self.settings);
                         if core.is_expired(now) {
@@ -766,6 +791,11 @@ impl Worker {
             self.schedule_read(key);
         }
     }
+}
+
+/// Seconds since the Unix epoch (for token expiry), from the system clock.
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// What a client that started a request but did not finish it within `handshake_timeout` is told.

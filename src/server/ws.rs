@@ -4,11 +4,14 @@
 use bytes::Bytes;
 
 use super::conn::{Conn, Endpoint, Phase};
-use super::worker::{mark_dirty, Sink, Worker};
+use super::worker::{mark_dirty, unix_now, Sink, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind, TopicId};
 use crate::broker::topic;
 use crate::control::{self, ControlRequest};
 use crate::metrics::Metric;
+use crate::protocol::auth::session::{self, AuthMessage};
+use crate::protocol::auth::{ConnAuth, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED};
+use crate::protocol::close::CloseCode;
 use crate::protocol::conn::{Event, Message};
 use crate::protocol::frame::{self, OpCode};
 
@@ -30,13 +33,32 @@ impl Worker {
                 Some(Event::Message(msg)) => msg,
             };
             self.metrics.inc(Metric::MessagesIn);
+            if !matches!(conn.auth, ConnAuth::Off) {
+                // Auth in force: the auth message comes first, a lapsed token acts on nothing, and an auth
+                // message on a raw endpoint is a refresh, not a payload.
+                if !conn.auth.is_open() {
+                    self.first_auth(key, &msg);
+                    continue;
+                }
+                if !core.can_send() || conn.auth.lapsed(self.now, unix_now()).is_some() {
+                    continue;
+                }
+                if !matches!(endpoint, Endpoint::Json(_)) {
+                    if let Some(am) = auth_message(&msg) {
+                        if let Err(reason) = self.refresh(key, &am.token) {
+                            self.close_ws(key, CLOSE_UNAUTHORIZED, reason);
+                        }
+                        continue;
+                    }
+                }
+            }
             match endpoint {
                 Endpoint::Echo => {
                     echo(&mut conn.outbox, &msg);
                     self.metrics.inc(Metric::MessagesOut);
                     mark_dirty(conn, key, &mut self.dirty);
                 }
-                Endpoint::Sub(_) => {}
+                Endpoint::Sub(_) | Endpoint::SubPending(_) => {}
                 Endpoint::Pub(topic) => {
                     let topic = topic.clone();
                     self.metrics.inc(Metric::Publishes);
@@ -74,27 +96,199 @@ impl Worker {
             }
             Message::Text(text) => match control::parse_request(&text) {
                 Err(e) => control::write_error(&mut reply, e.id.as_deref(), e.code, &e.message),
-                Ok(ControlRequest::Subscribe { topic, id }) => match self.json_subscribe(key, &topic) {
+                Ok(ControlRequest::Subscribe { topic, token, id }) => {
+                    match self.authorize(key, Action::Subscribe, &topic, token.as_deref()) {
+                        Ok(()) => match self.json_subscribe(key, &topic) {
+                            Ok(()) => control::write_ack(&mut reply, id.as_deref()),
+                            Err((code, message)) => control::write_error(&mut reply, id.as_deref(), code, message),
+                        },
+                        Err((code, message)) => control::write_error(&mut reply, id.as_deref(), code, message),
+                    }
+                }
+                Ok(ControlRequest::Auth { token, id }) => match self.refresh(key, &token) {
                     Ok(()) => control::write_ack(&mut reply, id.as_deref()),
-                    Err((code, message)) => control::write_error(&mut reply, id.as_deref(), code, message),
+                    Err(message) => control::write_error(&mut reply, id.as_deref(), "unauthorized", message),
                 },
                 Ok(ControlRequest::Unsubscribe { topic, id }) => {
                     self.json_unsubscribe(key, &topic);
                     control::write_ack(&mut reply, id.as_deref());
                 }
-                Ok(ControlRequest::Publish { topic, data, id }) => match topic::validate(&topic) {
+                Ok(ControlRequest::Publish { topic, data, token, id }) => match topic::validate(&topic) {
                     Err(e) => control::write_error(&mut reply, id.as_deref(), "invalid_topic", &e.to_string()),
-                    Ok(name) => {
-                        self.metrics.inc(Metric::Publishes);
-                        self.publish(name, true, data.get().as_bytes(), Some(&data));
-                        control::write_ack(&mut reply, id.as_deref());
-                    }
+                    Ok(name) => match self.authorize(key, Action::Publish, name, token.as_deref()) {
+                        Ok(()) => {
+                            self.metrics.inc(Metric::Publishes);
+                            self.publish(name, true, data.get().as_bytes(), Some(&data));
+                            control::write_ack(&mut reply, id.as_deref());
+                        }
+                        Err((code, message)) => control::write_error(&mut reply, id.as_deref(), code, message),
+                    },
                 },
             },
         }
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.can_send() {
             conn.outbox.push(frame::frame(OpCode::Text, &reply));
+            self.metrics.inc(Metric::MessagesOut);
+            mark_dirty(conn, key, &mut self.dirty);
+        }
+    }
+
+    /// The first message while awaiting auth (message mode): a valid auth message opens the connection (and a
+    /// pending `/sub` subscription); anything else, or a bad token, closes it with 4401.
+    fn first_auth(&mut self, key: ConnKey, msg: &Message) {
+        let Some(am) = auth_message(msg) else {
+            self.metrics.inc(Metric::AuthUnauthorized);
+            self.close_ws(key, CLOSE_UNAUTHORIZED, "auth message required first");
+            return;
+        };
+        let (grants, expires) = match self.auth.verify(&am.token, unix_now(), &mut self.grants) {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.metrics.inc(Metric::AuthUnauthorized);
+                self.close_ws(key, CLOSE_UNAUTHORIZED, e.description());
+                return;
+            }
+        };
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Phase::WebSocket { endpoint, .. } = &mut conn.phase else { return };
+        let allowed = match endpoint {
+            Endpoint::SubPending(t) => grants.may_subscribe(t),
+            Endpoint::Pub(t) => grants.may_publish(t),
+            _ => true,
+        };
+        if !allowed {
+            self.metrics.inc(Metric::AuthForbidden);
+            self.close_ws(key, CLOSE_FORBIDDEN, "topic not allowed");
+            return;
+        }
+        tracing::debug!(worker = self.id, key, sub = grants.subject(), "authenticated by message");
+        self.metrics.inc(Metric::AuthOk);
+        conn.auth = ConnAuth::Granted { grants, expires };
+        match endpoint {
+            Endpoint::SubPending(t) => {
+                let t = t.clone();
+                match self.index.subscribe(&t, key, SubKind::Raw) {
+                    Ok(id) => {
+                        if let Some(Conn { phase: Phase::WebSocket { endpoint, .. }, .. }) = self.conns.get_mut(key) {
+                            *endpoint = Endpoint::Sub(id);
+                        }
+                    }
+                    Err(IndexError::TooManyTopics) => {
+                        self.metrics.inc(Metric::TopicLimit);
+                        self.close_ws(key, CloseCode::POLICY.0, "too many topics on this worker");
+                    }
+                }
+            }
+            Endpoint::Json(_) => {
+                let mut reply = Vec::with_capacity(32);
+                control::write_ack(&mut reply, am.id.as_deref());
+                self.send_reply(key, &reply);
+            }
+            _ => {}
+        }
+    }
+
+    /// A fresh token for an authenticated connection: it must verify, and name the same subject; its expiry
+    /// and grants then replace the old ones. Returns the reason on failure.
+    fn refresh(&mut self, key: ConnKey, token: &str) -> Result<(), &'static str> {
+        let unix = unix_now();
+        let verified = self.auth.verify(token, unix, &mut self.grants);
+        let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
+        let (grants, expires) = match verified {
+            Ok(ok) => ok,
+            Err(_) if matches!(conn.auth, ConnAuth::Off) => return Ok(()), // auth is off: nothing to refresh
+            Err(e) => {
+                self.metrics.inc(Metric::AuthUnauthorized);
+                return Err(e.description());
+            }
+        };
+        match &mut conn.auth {
+            ConnAuth::Off | ConnAuth::Awaiting { .. } => {}
+            ConnAuth::Granted { grants: old, expires: old_expires } => {
+                if old.subject() != grants.subject() {
+                    self.metrics.inc(Metric::AuthUnauthorized);
+                    return Err("a refresh must name the same subject");
+                }
+                *old = grants;
+                *old_expires = expires;
+            }
+            ConnAuth::PerMessage { expires: held, .. } => *held = expires,
+        }
+        self.metrics.inc(Metric::AuthOk);
+        Ok(())
+    }
+
+    /// Whether this `/ws` connection may do `action` on `topic`: always with auth off; by its grants when it
+    /// authenticated as a whole; by the request's own token in per-message mode (cached by its bytes).
+    fn authorize(
+        &mut self,
+        key: ConnKey,
+        action: Action,
+        topic: &str,
+        token: Option<&str>,
+    ) -> Result<(), (&'static str, &'static str)> {
+        let unix = unix_now();
+        let Some(conn) = self.conns.get_mut(key) else { return Err(("internal", "no connection")) };
+        let (grants, expires) = match &conn.auth {
+            ConnAuth::Off => return Ok(()),
+            ConnAuth::Awaiting { .. } => return Err(("unauthorized", "auth message required first")),
+            ConnAuth::Granted { grants, expires } => (grants.clone(), *expires),
+            ConnAuth::PerMessage { .. } => {
+                let Some(token) = token else {
+                    self.metrics.inc(Metric::AuthUnauthorized);
+                    return Err(("unauthorized", "this request needs a token"));
+                };
+                match conn.auth.cached(token.as_bytes(), unix) {
+                    Some(g) => {
+                        self.metrics.inc(Metric::AuthCacheHits);
+                        let expires = match &conn.auth {
+                            ConnAuth::PerMessage { cache: Some(c), .. } => c.expires(),
+                            _ => u64::MAX,
+                        };
+                        (g, expires)
+                    }
+                    None => match self.auth.verify(token, unix, &mut self.grants) {
+                        Ok((g, expires)) => {
+                            conn.auth.remember(token.as_bytes(), g.clone(), expires);
+                            (g, expires)
+                        }
+                        Err(e) => {
+                            self.metrics.inc(Metric::AuthUnauthorized);
+                            return Err(("unauthorized", e.description()));
+                        }
+                    },
+                }
+            }
+        };
+        let allowed = match action {
+            Action::Subscribe => grants.may_subscribe(topic),
+            Action::Publish => grants.may_publish(topic),
+        };
+        if !allowed {
+            self.metrics.inc(Metric::AuthForbidden);
+            return Err(("forbidden", "topic not allowed"));
+        }
+        if action == Action::Subscribe {
+            conn.auth.hold_until(expires);
+        }
+        Ok(())
+    }
+
+    /// Closes a WebSocket with `code` and `reason` (the core sends the frame; the socket goes after the reply).
+    fn close_ws(&mut self, key: ConnKey, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let Phase::WebSocket { core, .. } = &mut conn.phase {
+            core.close(CloseCode(code), reason);
+            mark_dirty(conn, key, &mut self.dirty);
+        }
+    }
+
+    /// Queues one `/ws` reply.
+    fn send_reply(&mut self, key: ConnKey, reply: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.can_send() {
+            conn.outbox.push(frame::frame(OpCode::Text, reply));
             self.metrics.inc(Metric::MessagesOut);
             mark_dirty(conn, key, &mut self.dirty);
         }
@@ -141,6 +335,21 @@ impl Worker {
             topics.swap_remove(pos);
             self.index.unsubscribe(id, key, SubKind::Json);
         }
+    }
+}
+
+/// What a `/ws` request wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Subscribe,
+    Publish,
+}
+
+/// The auth message in `msg`, if it is one.
+fn auth_message(msg: &Message) -> Option<AuthMessage> {
+    match msg {
+        Message::Text(t) => session::parse_auth_message(t),
+        Message::Binary(_) => None,
     }
 }
 

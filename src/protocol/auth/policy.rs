@@ -1,0 +1,232 @@
+//! The server's auth decisions: may this request upgrade (and with what state), may this HTTP request
+//! publish, is this token good.
+//!
+//! Modes (`auth.mode`):
+//! - `none`: no tokens; everything is allowed (an `Origin` list, when set, still applies).
+//! - `handshake`: every WebSocket upgrade needs a valid token in an enabled carrier: 401 without one, 403 when
+//!   `/sub/{t}` or `/pub/{t}` names a topic the token does not allow. Nothing is kept for a refused client.
+//! - `message`: the upgrade is allowed without a token; the first message must be an auth message within
+//!   `auth.timeout`, else close 4401. A token presented in a carrier at the upgrade is checked as in
+//!   `handshake` mode and authenticates the connection at once.
+//! - `per_message`: raw endpoints authenticate at the upgrade as in `handshake` mode; on `/ws` every subscribe
+//!   and publish carries its own token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use super::carrier::{self, Carrier, Carriers};
+use super::grants::{Grants, Interner};
+use super::keys::KeySet;
+use super::session::ConnAuth;
+use super::verify::{AuthError, Verifier};
+use crate::protocol::handshake::RequestHead;
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No authentication.
+    None,
+    /// A token in the upgrade request.
+    Handshake,
+    /// An auth message first after the upgrade.
+    Message,
+    /// A token on every `/ws` request (raw endpoints: at the upgrade).
+    PerMessage,
+}
+
+/// What an upgrade needs to be allowed, beyond a valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// Nothing more (`/echo`, `/ws`).
+    Connect,
+    /// Subscribe permission for the topic (`/sub/{t}`).
+    Subscribe(&'a str),
+    /// Publish permission for the topic (`/pub/{t}`).
+    Publish(&'a str),
+}
+
+/// A refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No valid token: 401 before the upgrade, 4401 after it.
+    Unauthorized(AuthError),
+    /// A valid token that does not allow this topic: 403 before the upgrade, 4403 (or a `forbidden` error reply
+    /// on `/ws`) after it.
+    Forbidden,
+    /// An `Origin` that is not allowed: 403.
+    BadOrigin,
+}
+
+impl Denied {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Denied::Unauthorized(_) => 401,
+            Denied::Forbidden | Denied::BadOrigin => 403,
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 section 3), when one is due.
+    pub fn www_authenticate(&self) -> Option<String> {
+        match self {
+            Denied::Unauthorized(AuthError::Missing) => Some("Bearer realm=\"herald\"".to_string()),
+            Denied::Unauthorized(e) => Some(format!(
+                "Bearer realm=\"herald\", error=\"invalid_token\", error_description=\"{}\"",
+                e.description()
+            )),
+            Denied::Forbidden => Some("Bearer realm=\"herald\", error=\"insufficient_scope\"".to_string()),
+            Denied::BadOrigin => None,
+        }
+    }
+
+    /// One line for the response body or close reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denied::Unauthorized(e) => e.description(),
+            Denied::Forbidden => "topic not allowed",
+            Denied::BadOrigin => "origin not allowed",
+        }
+    }
+}
+
+/// An allowed upgrade.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The connection's auth state.
+    pub auth: ConnAuth,
+    /// The subprotocol to answer with (`bearer` when the token came in `Sec-WebSocket-Protocol`).
+    pub subprotocol: Option<&'static str>,
+}
+
+/// A server's auth settings, as decisions. Each worker holds its own copy (keys shared behind an `Arc`).
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    mode: Mode,
+    verifier: Verifier,
+    carriers: Carriers,
+    allowed_origins: Vec<String>,
+    api_key: Option<Arc<[u8]>>,
+    timeout: Duration,
+}
+
+impl AuthPolicy {
+    /// A policy. `api_key`, when set, authorizes `POST /publish` for any topic.
+    pub fn new(
+        mode: Mode,
+        verifier: Verifier,
+        carriers: Carriers,
+        allowed_origins: Vec<String>,
+        api_key: Option<Arc<[u8]>>,
+        timeout: Duration,
+    ) -> Self {
+        AuthPolicy { mode, verifier, carriers, allowed_origins, api_key, timeout }
+    }
+
+    /// No auth at all (the default when nothing is configured).
+    pub fn off() -> Self {
+        let verifier = Verifier::new(Arc::new(KeySet::new()), Default::default());
+        AuthPolicy::new(Mode::None, verifier, Carriers::default(), Vec::new(), None, Duration::from_secs(5))
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The verifier (for per-message tokens).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Rotates the keys.
+    pub fn set_keys(&mut self, keys: Arc<KeySet>) {
+        self.verifier.set_keys(keys);
+    }
+
+    /// Decides an upgrade request for an endpoint that needs `need`; `json` is true for `/ws`.
+    pub fn check_upgrade(
+        &self,
+        head: &RequestHead,
+        need: Need<'_>,
+        json: bool,
+        now: Instant,
+        unix: u64,
+        interner: &mut Interner,
+    ) -> Result<Admitted, Denied> {
+        let found = if self.mode == Mode::None { None } else { self.carriers.find(head) };
+        if !carrier::origin_ok(head, &self.allowed_origins, found.map(|(_, c)| c)) {
+            return Err(Denied::BadOrigin);
+        }
+        let off = Admitted { auth: ConnAuth::Off, subprotocol: None };
+        let token = match (self.mode, found) {
+            (Mode::None, _) => return Ok(off),
+            (Mode::PerMessage, _) if json => {
+                return Ok(Admitted {
+                    auth: ConnAuth::PerMessage { cache: None, expires: u64::MAX },
+                    subprotocol: None,
+                })
+            }
+            (Mode::Message, None) => {
+                return Ok(Admitted { auth: ConnAuth::Awaiting { deadline: now + self.timeout }, subprotocol: None })
+            }
+            (_, None) => return Err(Denied::Unauthorized(AuthError::Missing)),
+            (_, Some(found)) => found,
+        };
+        let (grants, expires) = self.verify(token.0, unix, interner).map_err(Denied::Unauthorized)?;
+        let allowed = match need {
+            Need::Connect => true,
+            Need::Subscribe(t) => grants.may_subscribe(t),
+            Need::Publish(t) => grants.may_publish(t),
+        };
+        if !allowed {
+            return Err(Denied::Forbidden);
+        }
+        let subprotocol = (token.1 == Carrier::Subprotocol).then_some("bearer");
+        Ok(Admitted { auth: ConnAuth::Granted { grants, expires }, subprotocol })
+    }
+
+    /// Decides `POST /publish/{topic}`: the API key, or (with auth on) a token from `Authorization` or
+    /// `X-Auth-Token` that may publish there. Cookies are never read here: a browser would attach them to a
+    /// cross-site POST.
+    pub fn check_http_publish(
+        &self,
+        head: &RequestHead,
+        topic: &str,
+        unix: u64,
+        interner: &mut Interner,
+    ) -> Result<(), Denied> {
+        if let Some(key) = &self.api_key {
+            let presented = head.headers_named("authorization").find_map(carrier::bearer);
+            if presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(key))) {
+                return Ok(());
+            }
+        }
+        if self.mode == Mode::None {
+            return match &self.api_key {
+                Some(_) => Err(Denied::Unauthorized(AuthError::Missing)),
+                None => Ok(()),
+            };
+        }
+        let token = head
+            .headers_named("authorization")
+            .find_map(carrier::bearer)
+            .or_else(|| head.header("x-auth-token").map(str::trim))
+            .filter(|t| !t.is_empty())
+            .ok_or(Denied::Unauthorized(AuthError::Missing))?;
+        let (grants, _) = self.verify(token, unix, interner).map_err(Denied::Unauthorized)?;
+        if grants.may_publish(topic) {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+
+    /// Verifies a token and interns its grants; returns them with the token's expiry (Unix seconds).
+    pub fn verify(&self, token: &str, unix: u64, interner: &mut Interner) -> Result<(Arc<Grants>, u64), AuthError> {
+        let v = self.verifier.verify(token, unix)?;
+        let grants = interner.intern(Grants::new(v.sub.as_deref(), &v.subscribe, &v.publish));
+        Ok((grants, v.expires))
+    }
+}

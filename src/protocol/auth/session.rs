@@ -1,0 +1,163 @@
+//! One connection's auth state, and the `{"type":"auth","token":"..."}` message that opens or refreshes it.
+//!
+//! A connection is in one of four states: auth is off for it; it awaits its auth message (message mode, until a
+//! deadline); it holds grants until its token's expiry; or (per-message mode on `/ws`) each request carries its
+//! own token and the last verified one is cached by its exact bytes until it expires. The state is 24 bytes
+//! inline; only the per-message cache allocates.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use super::grants::Grants;
+
+/// A connection's auth state.
+#[derive(Debug, Clone, Default)]
+pub enum ConnAuth {
+    /// Auth is not in force: everything is allowed, nothing expires.
+    #[default]
+    Off,
+    /// Message mode: nothing is acted on until a valid auth message arrives, which must be by `deadline`.
+    Awaiting {
+        /// `auth.timeout` after the upgrade.
+        deadline: Instant,
+    },
+    /// Authenticated until `expires` (Unix seconds), with these grants.
+    Granted {
+        /// What the token allows.
+        grants: Arc<Grants>,
+        /// The token's `exp` plus leeway.
+        expires: u64,
+    },
+    /// Per-message mode on `/ws`: every request carries a token.
+    PerMessage {
+        /// The last token verified on this connection, reused while it is valid.
+        cache: Option<Box<CachedToken>>,
+        /// When the earliest token that authorized a live subscription expires (`u64::MAX`: none does).
+        expires: u64,
+    },
+}
+
+/// A verified token remembered by its exact bytes.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    token: Box<[u8]>,
+    grants: Arc<Grants>,
+    expires: u64,
+}
+
+/// Why the state says the connection must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapse {
+    /// Message mode: no auth message by the deadline.
+    Timeout,
+    /// The token expired without a refresh.
+    Expired,
+}
+
+impl CachedToken {
+    /// When the cached token stops being valid (Unix seconds).
+    pub fn expires(&self) -> u64 {
+        self.expires
+    }
+}
+
+impl Lapse {
+    /// The close reason sent with 4401.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Lapse::Timeout => "auth timeout",
+            Lapse::Expired => "token expired",
+        }
+    }
+}
+
+impl ConnAuth {
+    /// Whether requests may be acted on (false only while awaiting the auth message).
+    pub fn is_open(&self) -> bool {
+        !matches!(self, ConnAuth::Awaiting { .. })
+    }
+
+    /// The grants, when authenticated by a connection-wide token.
+    pub fn grants(&self) -> Option<&Arc<Grants>> {
+        match self {
+            ConnAuth::Granted { grants, .. } => Some(grants),
+            _ => None,
+        }
+    }
+
+    /// Whether the state has run out at `now` / `unix`.
+    pub fn lapsed(&self, now: Instant, unix: u64) -> Option<Lapse> {
+        match self {
+            ConnAuth::Off => None,
+            ConnAuth::Awaiting { deadline } => (now >= *deadline).then_some(Lapse::Timeout),
+            ConnAuth::Granted { expires, .. } | ConnAuth::PerMessage { expires, .. } => {
+                (unix >= *expires).then_some(Lapse::Expired)
+            }
+        }
+    }
+
+    /// The cached grants for `token`, when it is the cached one and still valid at `unix`: the cost of a
+    /// repeated per-message token is this byte comparison, not a signature check.
+    pub fn cached(&self, token: &[u8], unix: u64) -> Option<Arc<Grants>> {
+        match self {
+            ConnAuth::PerMessage { cache: Some(c), .. } if unix < c.expires && *c.token == *token => {
+                Some(c.grants.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Remembers a verified per-message token (replacing the previous one).
+    pub fn remember(&mut self, token: &[u8], grants: Arc<Grants>, expires: u64) {
+        if let ConnAuth::PerMessage { cache, .. } = self {
+            match cache {
+                Some(c) if *c.token == *token => {
+                    c.grants = grants;
+                    c.expires = expires;
+                }
+                _ => *cache = Some(Box::new(CachedToken { token: token.into(), grants, expires })),
+            }
+        }
+    }
+
+    /// Per-message mode: a subscription now depends on a token valid until `expires`.
+    pub fn hold_until(&mut self, until: u64) {
+        if let ConnAuth::PerMessage { expires, .. } = self {
+            *expires = (*expires).min(until);
+        }
+    }
+}
+
+/// An auth message: `{"type":"auth","token":"<jwt>","id":...}` (`id` optional, echoed in the reply).
+#[derive(Debug)]
+pub struct AuthMessage {
+    /// The token.
+    pub token: String,
+    /// The request id, as JSON text.
+    pub id: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Reads `text` as an auth message; `None` when it is anything else (which, while awaiting auth, is a 4401).
+pub fn parse_auth_message(text: &[u8]) -> Option<AuthMessage> {
+    #[derive(Deserialize)]
+    struct Wire {
+        #[serde(rename = "type")]
+        kind: String,
+        token: String,
+        #[serde(default)]
+        id: Option<Box<serde_json::value::RawValue>>,
+    }
+    if !looks_like_auth(text) {
+        return None;
+    }
+    let wire: Wire = serde_json::from_slice(text).ok()?;
+    (wire.kind == "auth").then_some(AuthMessage { token: wire.token, id: wire.id })
+}
+
+/// A cheap pre-check (no parse) that `text` may be an auth message: a JSON object mentioning `"auth"`.
+pub fn looks_like_auth(text: &[u8]) -> bool {
+    let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &text[i..]).unwrap_or(&[]);
+    trimmed.first() == Some(&b'{') && text.windows(6).any(|w| w == b"\"auth\"")
+}
