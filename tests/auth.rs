@@ -406,3 +406,17 @@ fn a_flood_of_bad_handshakes_leaves_authenticated_clients_served() {
     assert_eq!(refused, 2000, "every bad handshake got its 401");
     assert_eq!(srv.wait_metric("herald_websockets_open", 1, Duration::from_secs(5)), 1);
 }
+
+#[test]
+fn before_the_auth_message_a_client_may_not_send_more_than_a_token_s_worth() {
+    let srv = server(&["--auth-mode", "message", "--auth-max-token-size", "4KiB"]);
+    let mut big = connect(&srv.url("/echo"));
+    big.send(Message::text("x".repeat(64 * 1024))).expect("send");
+    assert_eq!(u16::from(expect_close(&mut big).0), 1009, "over auth.max_token_size + 1 KiB before auth");
+    // After auth the configured max_message_size applies again.
+    let mut ws = connect(&srv.url("/echo"));
+    ws.send(Message::text(json!({"type": "auth", "token": good("kim")}).to_string())).expect("auth");
+    let payload = "y".repeat(64 * 1024);
+    ws.send(Message::text(payload.clone())).expect("send");
+    assert_eq!(text(&mut ws), payload);
+}

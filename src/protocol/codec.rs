@@ -109,6 +109,11 @@ impl Decoder {
         }
     }
 
+    /// Changes the size limits from the next frame header on (e.g. tighter before authentication).
+    pub fn set_limits(&mut self, limits: DecodeLimits) {
+        self.limits = limits;
+    }
+
     /// Consumes bytes from the front of `input` and returns the next message or control frame, or `Ok(None)`
     /// when more bytes are needed (then every byte that can be consumed has been: a partial header or a
     /// partial control frame may stay in `input`). Call again until `Ok(None)`. An error is fatal: the

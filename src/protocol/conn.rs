@@ -362,6 +362,12 @@ impl Connection {
     pub fn is_receiving(&self) -> bool {
         !self.decoder.is_idle()
     }
+
+    /// Changes the frame and message size limits for what is decoded from now on (a server keeps them small
+    /// until the client has authenticated, then restores the configured ones).
+    pub fn set_limits(&mut self, limits: DecodeLimits) {
+        self.decoder.set_limits(limits);
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::broker::topic;
 use crate::metrics::{self, Metric};
 use crate::protocol::auth::policy::Need;
 use crate::protocol::auth::{ConnAuth, Denied, Mode};
+use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::Connection;
 use crate::protocol::handshake::{self, HandshakeError, Method, RequestHead};
 
@@ -222,7 +223,15 @@ impl Worker {
         };
         let mut out = Vec::with_capacity(160);
         handshake::write_switching_protocols(&mut out, &accept, admitted.subprotocol);
-        let core = Connection::new(self.now, &self.settings, key as u64);
+        let mut core = Connection::new(self.now, &self.settings, key as u64);
+        if awaiting {
+            // Until the auth message, a client may make us buffer one token's worth, not max_message_size.
+            let cap = (self.cfg.auth.max_token_size.0 + PRE_AUTH_ENVELOPE).min(self.settings.limits.max_message_size);
+            core.set_limits(DecodeLimits {
+                max_frame_size: cap.min(self.settings.limits.max_frame_size),
+                max_message_size: cap,
+            });
+        }
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
         conn.auth = admitted.auth;
         let _ = conn.rbuf.split_to(head.head_len);
@@ -336,6 +345,9 @@ impl Worker {
         !close && !conn.rbuf.is_empty()
     }
 }
+
+/// Room for the JSON around a token in an auth message (`{"type":"auth","token":"...","id":...}`).
+const PRE_AUTH_ENVELOPE: u64 = 1024;
 
 const BAD_TOPIC: &str = "invalid topic: 1 to 128 bytes of A-Z a-z 0-9 . _ : -";
 

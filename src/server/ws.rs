@@ -151,7 +151,7 @@ impl Worker {
             }
         };
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Phase::WebSocket { endpoint, .. } = &mut conn.phase else { return };
+        let Phase::WebSocket { endpoint, core } = &mut conn.phase else { return };
         let allowed = match endpoint {
             Endpoint::SubPending(t) => grants.may_subscribe(t),
             Endpoint::Pub(t) => grants.may_publish(t),
@@ -164,6 +164,7 @@ impl Worker {
         }
         tracing::debug!(worker = self.id, key, sub = grants.subject(), "authenticated by message");
         self.metrics.inc(Metric::AuthOk);
+        core.set_limits(self.settings.limits);
         conn.auth = ConnAuth::Granted { grants, expires };
         match endpoint {
             Endpoint::SubPending(t) => {

@@ -741,3 +741,22 @@ fn close_reason_is_truncated_to_fit_a_control_frame() {
     assert_eq!(pair.client_reads(), []);
     assert_eq!(pair.client.ending(), Some(&Ending::PeerClosed(Some(CloseCode::GOING_AWAY))));
 }
+
+#[test]
+fn tighter_limits_apply_to_the_next_message_and_can_be_lifted_again() {
+    // Used before authentication: a client that has not proven who it is may not make the server buffer much.
+    let small = DecodeLimits { max_frame_size: 16, max_message_size: 16 };
+    let mut pair = Pair::new();
+    pair.server.set_limits(small);
+    pair.client_writes(true, OpCode::Text, b"short");
+    assert_eq!(pair.server_reads(), [text("short")]);
+    pair.server.set_limits(LIMITS);
+    let long = "a".repeat(100);
+    pair.client_writes(true, OpCode::Text, long.as_bytes());
+    assert_eq!(pair.server_reads(), [text(&long)], "lifted");
+    pair.server.set_limits(small);
+    pair.client_writes(true, OpCode::Text, long.as_bytes());
+    let _ = pair.server_reads();
+    let frames = pair.server_control(true);
+    assert_eq!(frames.first().map(|f| (f[0], u16::from_be_bytes([f[2], f[3]]))), Some((0x88, 1009)));
+}
