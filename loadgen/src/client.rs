@@ -92,6 +92,8 @@ pub struct Handshake {
     request: Vec<u8>,
     written: usize,
     response: Vec<u8>,
+    /// Subprotocols offered (`Sec-WebSocket-Protocol`); the 101 may select one of them or none.
+    offered: Vec<String>,
 }
 
 /// What reading the handshake response gave.
@@ -105,11 +107,25 @@ pub enum HandshakeProgress {
 
 impl Handshake {
     /// The upgrade request for `path` on `host`, keyed by `nonce` (16 random bytes from the caller).
+    /// A `Sec-WebSocket-Protocol` among `extra` lists the subprotocols offered.
     pub fn new(host: &str, path: &str, nonce: [u8; 16], extra: &[(&str, &str)]) -> Handshake {
         let key = client_key(nonce);
         let mut request = Vec::with_capacity(256);
         write_client_request(&mut request, host, path, &key, extra);
-        Handshake { key, request, written: 0, response: Vec::new() }
+        let offered = extra
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .flat_map(|(_, value)| value.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Handshake { key, request, written: 0, response: Vec::new(), offered }
+    }
+
+    /// The request bytes.
+    #[cfg(test)]
+    pub fn request_bytes(&self) -> &[u8] {
+        &self.request
     }
 
     /// Writes what is left of the request. `Ok(true)` when all of it is written.
@@ -149,7 +165,17 @@ impl Handshake {
     fn check(&mut self) -> Result<HandshakeProgress, Failure> {
         match parse_response(&self.response, &self.key, MAX_RESPONSE_HEAD) {
             Ok(None) => Ok(HandshakeProgress::Pending),
-            Ok(Some(accepted)) => Ok(HandshakeProgress::Open(self.response.split_off(accepted.head_len))),
+            Ok(Some(accepted)) => {
+                // RFC 6455 section 4.1: a subprotocol "that was not present in the client's handshake" fails
+                // the connection. Checked only when loadgen offered some, so that servers which always name
+                // one keep working with the raw endpoints.
+                if let Some(chosen) = &accepted.protocol {
+                    if !self.offered.is_empty() && !self.offered.iter().any(|o| o == chosen.trim()) {
+                        return Err(Failure::Handshake);
+                    }
+                }
+                Ok(HandshakeProgress::Open(self.response.split_off(accepted.head_len)))
+            }
             Err(HandshakeError::Refused(status)) if status != 101 && status != 0 => Err(Failure::HttpStatus(status)),
             Err(_) => Err(Failure::Handshake),
         }
@@ -199,6 +225,43 @@ mod tests {
         let mut h = Handshake::new("h", "/", [1; 16], &[]);
         let mut reader: &[u8] = b"HTTP/1.1 101 Swi";
         assert_eq!(h.read_response(&mut reader), Err(Failure::Eof), "EOF mid-head");
+    }
+
+    #[test]
+    fn subprotocol_answer_must_be_one_offered() {
+        let offer = [("Sec-WebSocket-Protocol", "bearer, h.p.s")];
+        let respond = |h: &Handshake, protocol: Option<&str>| {
+            let mut out = Vec::new();
+            write_switching_protocols(&mut out, &accept_key(&h.key), protocol);
+            out
+        };
+        let mut h = Handshake::new("h", "/ws", [3; 16], &offer);
+        let bytes = respond(&h, Some("bearer"));
+        let mut reader: &[u8] = &bytes;
+        assert_eq!(h.read_response(&mut reader), Ok(HandshakeProgress::Open(vec![])), "herald's answer");
+        let mut h = Handshake::new("h", "/ws", [3; 16], &offer);
+        let bytes = respond(&h, None);
+        let mut reader: &[u8] = &bytes;
+        assert_eq!(h.read_response(&mut reader), Ok(HandshakeProgress::Open(vec![])), "none selected is allowed");
+        let mut h = Handshake::new("h", "/ws", [3; 16], &offer);
+        let bytes = respond(&h, Some("graphql-ws"));
+        let mut reader: &[u8] = &bytes;
+        assert_eq!(h.read_response(&mut reader), Err(Failure::Handshake), "not offered");
+        // Nothing offered: a server that names a subprotocol anyway is tolerated (raw endpoints, peers).
+        let mut h = Handshake::new("h", "/sub/t", [3; 16], &[]);
+        let bytes = respond(&h, Some("chat"));
+        let mut reader: &[u8] = &bytes;
+        assert_eq!(h.read_response(&mut reader), Ok(HandshakeProgress::Open(vec![])));
+    }
+
+    #[test]
+    fn auth_refusals_keep_their_status() {
+        for status in [401u16, 403] {
+            let mut h = Handshake::new("h", "/ws", [1; 16], &[("Authorization", "Bearer x")]);
+            let text = format!("HTTP/1.1 {status} No\r\nContent-Length: 0\r\n\r\n");
+            let mut reader: &[u8] = text.as_bytes();
+            assert_eq!(h.read_response(&mut reader), Err(Failure::HttpStatus(status)));
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The `conns` scenario: open N connections at `--connect-rate`, hold them (idle, or pinging), and report
 //! the connect rate and failures and, with `--server-pid`, the server's RSS and CPU from /proc before the
 //! first connection, at the end of the hold, and one second after closing (RSS per connection).
+//!
+//! With `--protocol json`, each connection subscribes to `loadgen-idle` on herald's JSON endpoint and counts
+//! as open once that is acked. Tokens (`--jwt-*`) are minted before the clock starts.
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
@@ -15,6 +18,9 @@ use crate::report::{ns, EngineSummary};
 use crate::stats::{self, Failures, Percentiles};
 use crate::sys::{self, ProcSample};
 
+/// The topic idle connections use (its `{topic}` in `--path`, and what they subscribe to with JSON).
+pub const IDLE_TOPIC: &str = "loadgen-idle";
+
 /// The `conns` scenario, decided.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnsPlan {
@@ -25,6 +31,8 @@ pub struct ConnsPlan {
     pub hold: Duration,
     /// The path each connects to.
     pub path: String,
+    /// The protocol spoken.
+    pub protocol: crate::plan::Protocol,
     /// Ping period (`None`: idle).
     #[serde(skip)]
     pub ping_every: Option<Duration>,
@@ -62,13 +70,15 @@ pub fn run(cfg: &EngineConfig, plan: &ConnsPlan, progress: bool) -> Result<Conns
             Load::Idle(IdleSetup {
                 count: plan.conns / threads + usize::from(t < plan.conns % threads),
                 path: plan.path.clone(),
+                subscribe: (plan.protocol == crate::plan::Protocol::Json).then(|| IDLE_TOPIC.to_owned()),
                 ping_every: plan.ping_every,
             })
         })
         .collect();
     let tty = progress && std::io::stderr().is_terminal();
-    let start = sys::now_ns();
+    // The workers are built (tokens minted) when spawn returns: the clock starts with the first dial.
     let handles = engine::spawn(cfg, &shared, loads)?;
+    let start = sys::now_ns();
     let total = plan.conns as u64;
     let budget = Duration::from_secs_f64(if cfg.connect_rate > 0.0 { total as f64 / cfg.connect_rate } else { 0.0 })
         + cfg.connect_timeout

@@ -15,7 +15,7 @@ use herald::protocol::frame::{write_masked_frame, OpCode};
 use serde::Serialize;
 use slab::Slab;
 
-use crate::engine::{self, Conn, EngineConfig, Kind, Load, Phase, Progress, RunError, Shared};
+use crate::engine::{self, Conn, Dial, EngineConfig, Kind, Load, Phase, Progress, RunError, Shared};
 use crate::fanout::run::{run_window, wait_until, Window};
 use crate::fanout::Tick;
 use crate::plan::payload;
@@ -86,9 +86,13 @@ impl EchoLocal {
         }
     }
 
-    /// The connections to open.
-    pub fn dial_list(&self) -> Vec<(Kind, String)> {
-        (0..self.conns.len()).map(|i| (Kind::Echo(i as u32), self.plan.path.clone())).collect()
+    /// The connections to open (numbered by connection).
+    pub fn dial_list(&self) -> Vec<Dial> {
+        self.conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Dial::raw(Kind::Echo(i as u32), c.global as usize, self.plan.path.clone()))
+            .collect()
     }
 
     /// A connection opened as `token`.

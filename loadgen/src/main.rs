@@ -1,11 +1,13 @@
 //! `loadgen`: herald's load generator, built to out-run the WebSocket servers it measures.
 //!
 //! Thread-per-core like the server (`--threads` pinned mio loops), it drives any server that speaks the raw
-//! `/sub/{topic}` and `/pub/{topic}` protocol (herald and the peers in `../shared/peers`) through herald's own
-//! sans-IO client core, with honest latency (open-loop schedules, no coordinated omission) and exact delivery
-//! accounting (per-publisher sequence numbers).
+//! `/sub/{topic}` and `/pub/{topic}` protocol (herald and the peers in `../shared/peers`), or herald's JSON
+//! protocol on `/ws`, through herald's own sans-IO client core, with honest latency (open-loop schedules, no
+//! coordinated omission) and exact delivery accounting (per-publisher sequence numbers). It authenticates
+//! with a static token or JWTs it mints, in any carrier herald accepts.
 //!
-//! Modules: [`plan`] (what a run does), [`client`] (connect and handshake), [`scan`] (the receive fast path),
+//! Modules: [`plan`] (what a run does), [`client`] (connect and handshake), [`auth`] (tokens and carriers),
+//! [`json`] (herald's `/ws` protocol, client side), [`scan`] (the receive fast path),
 //! [`engine`] (worker loops and phases), [`fanout`], [`findmax`], [`conns`] and [`echo`] (scenarios),
 //! [`stats`] (histograms, sequence tracking, failures), [`report`] (table, JSON, thresholds), [`plot`] (the
 //! SVG timeline), [`sys`] (clock, CPU time, timerfd, /proc).
@@ -14,12 +16,14 @@
 //! 2 for a usage error, 1 for any other error.
 #![deny(unsafe_code)]
 
+mod auth;
 mod client;
 mod conns;
 mod echo;
 mod engine;
 mod fanout;
 mod findmax;
+mod json;
 mod plan;
 mod plot;
 mod report;
@@ -34,7 +38,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::EngineConfig;
-use crate::plan::{FanoutPlan, Rate, Target};
+use crate::plan::{FanoutPlan, Protocol, Rate, Target};
 
 /// Exit status when a threshold is broken.
 const EXIT_THRESHOLD: u8 = 3;
@@ -54,6 +58,8 @@ enum Command {
     Conns(Box<ConnsArgs>),
     /// C connections each keeping K messages in flight to an echo endpoint: round trips and their latency.
     Echo(Box<EchoArgs>),
+    /// Mint one JWT with the --jwt-* options and print it on stdout.
+    Token(Box<TokenArgs>),
 }
 
 /// Options every scenario takes.
@@ -99,12 +105,27 @@ struct CommonArgs {
     /// No live progress line (it is only shown when stderr is a terminal anyway).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    auth: auth::AuthArgs,
+}
+
+/// Which of herald's protocols to speak.
+#[derive(Debug, Args)]
+struct ProtocolArgs {
+    /// `raw`: the per-topic endpoints (path templates); `json`: herald's JSON protocol on --ws-path.
+    #[arg(long, value_enum, default_value = "raw")]
+    protocol: Protocol,
+    /// `--protocol json`: the JSON endpoint's path.
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
 }
 
 #[derive(Debug, Args)]
 struct FanoutArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Subscriber connections.
     #[arg(long, default_value_t = 100)]
     subs: usize,
@@ -114,7 +135,8 @@ struct FanoutArgs {
     /// Publisher connections.
     #[arg(long, default_value_t = 1)]
     pubs: usize,
-    /// Payload bytes per message (at least 20: publisher id, sequence, timestamp).
+    /// Payload bytes per message (at least 20: publisher id, sequence, timestamp; with --protocol json, the
+    /// `data` string's length, at least 40).
     #[arg(long, default_value = "64")]
     size: String,
     /// Messages per second over all publishers (open loop, latency from the schedule), or `max`.
@@ -178,13 +200,16 @@ struct FanoutArgs {
 struct ConnsArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     conns: usize,
     /// How long to hold them once all are settled.
     #[arg(long, default_value = "10s")]
     hold: String,
-    /// Path to connect to (`{topic}` is replaced by `loadgen-idle`).
+    /// Path to connect to (`{topic}` is replaced by `loadgen-idle`); with --protocol json, --ws-path instead
+    /// (each connection subscribes to `loadgen-idle`).
     #[arg(long, default_value = "/sub/{topic}")]
     path: String,
     /// Send a ping on every connection this often (default: stay idle).
@@ -219,6 +244,15 @@ struct EchoArgs {
     path: String,
 }
 
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    jwt: auth::JwtArgs,
+    /// The connection number `{conn}` in --jwt-sub stands for.
+    #[arg(long, default_value_t = 0)]
+    conn: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -235,7 +269,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fanout(args) => run_fanout(*args),
         Command::Conns(args) => run_conns(*args),
         Command::Echo(args) => run_echo(*args),
+        Command::Token(args) => run_token(*args),
     }
+}
+
+fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let Some(minter) = auth::Minter::from_args(&args.jwt)? else {
+        bail!("loadgen token needs --jwt-secret-file or --jwt-secret-env");
+    };
+    println!("{}", minter.mint(args.conn, sys::unix_now_s())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--auth-per-message` puts tokens into JSON requests: it needs the JSON protocol.
+fn check_per_message(cfg: &EngineConfig, protocol: Protocol) -> anyhow::Result<()> {
+    if cfg.auth.as_ref().is_some_and(|a| a.per_message) && protocol != Protocol::Json {
+        bail!("--auth-per-message needs --protocol json");
+    }
+    Ok(())
 }
 
 /// Builds the engine settings from the common options.
@@ -267,6 +318,8 @@ fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
         },
         read_size: plan::parse_size(&c.read_size).context("--read-size")?,
         rx_time: c.rx_time,
+        auth: auth::Auth::from_args(&c.auth)?.map(std::sync::Arc::new),
+        origin: c.auth.origin.clone(),
     })
 }
 
@@ -298,12 +351,15 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         duration: plan::parse_duration(&args.duration).context("--duration")?,
         grace: plan::parse_duration(&args.grace).context("--grace")?,
         probe_timeout: plan::parse_duration(&args.probe_timeout).context("--probe-timeout")?,
+        protocol: args.protocol.protocol,
+        ws_path: args.protocol.ws_path,
         sub_path: args.sub_path,
         pub_path: args.pub_path,
         topic_prefix: args.topic_prefix.unwrap_or_else(|| format!("lg{}-", std::process::id())),
         text: args.text,
     };
     plan.validate()?;
+    check_per_message(&cfg, plan.protocol)?;
     let max_loss = args.max_loss.as_deref().map(parse_loss).transpose()?;
     let max_p99 = match &args.max_p99 {
         Some(d) => Some(plan::parse_duration(d).context("--max-p99")?.as_nanos() as u64),
@@ -358,10 +414,16 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
 
 fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     let cfg = engine_config(&args.common)?;
+    check_per_message(&cfg, args.protocol.protocol)?;
+    let path = match args.protocol.protocol {
+        Protocol::Raw => plan::fill_template(&args.path, conns::IDLE_TOPIC),
+        Protocol::Json => args.protocol.ws_path,
+    };
     let plan = conns::ConnsPlan {
         conns: args.conns,
         hold: plan::parse_duration(&args.hold).context("--hold")?,
-        path: plan::fill_template(&args.path, "loadgen-idle"),
+        path,
+        protocol: args.protocol.protocol,
         ping_every: args.ping_interval.as_deref().map(plan::parse_duration).transpose().context("--ping-interval")?,
         server_pid: args.common.server_pid,
     };
@@ -377,6 +439,7 @@ fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
 
 fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let cfg = engine_config(&args.common)?;
+    check_per_message(&cfg, Protocol::Raw)?;
     let plan = echo::EchoPlan {
         conns: args.conns,
         size: plan::parse_size(&args.size).context("--size")?,

@@ -204,6 +204,17 @@ impl Rate {
     }
 }
 
+/// Which of herald's protocols the connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// One endpoint per role and topic (`--sub-path`, `--pub-path`); payloads go as they are.
+    Raw,
+    /// herald's JSON protocol on one endpoint (`--ws-path`): subscribe and publish requests, deliveries in
+    /// envelopes, the payload header as hex digits in a JSON string.
+    Json,
+}
+
 /// The fan-out scenario, fully decided.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FanoutPlan {
@@ -234,6 +245,10 @@ pub struct FanoutPlan {
     /// Longest wait for every subscriber to be confirmed by a probe message.
     #[serde(serialize_with = "ser_secs")]
     pub probe_timeout: Duration,
+    /// The protocol spoken.
+    pub protocol: Protocol,
+    /// `--protocol json`: the path of the JSON endpoint (`/ws`).
+    pub ws_path: String,
     /// Subscriber path template (`/sub/{topic}`).
     pub sub_path: String,
     /// Publisher path template (`/pub/{topic}`).
@@ -274,8 +289,29 @@ impl FanoutPlan {
         if self.duration.is_zero() {
             return invalid("--duration must be positive");
         }
-        check_template(&self.sub_path)?;
-        check_template(&self.pub_path)?;
+        match self.protocol {
+            Protocol::Raw => {
+                check_template(&self.sub_path)?;
+                check_template(&self.pub_path)?;
+            }
+            Protocol::Json => {
+                if !self.ws_path.starts_with('/') {
+                    return invalid("--ws-path must start with /");
+                }
+                if self.size < crate::json::HEADER_HEX_LEN {
+                    return Err(PlanError::Invalid(format!(
+                        "--protocol json needs --size of at least {} bytes (the header in hex digits)",
+                        crate::json::HEADER_HEX_LEN
+                    )));
+                }
+                // The longest topic name has the longest envelope head; the receive path reads the header
+                // from the first bytes of each message.
+                let head = crate::json::envelope_head(&self.topic_name(self.topics - 1)).len();
+                if head + crate::json::HEADER_HEX_LEN > crate::json::PREFIX_LEN {
+                    return invalid("--topic-prefix is too long for --protocol json (at most about 40 bytes)");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -495,11 +531,32 @@ mod tests {
             duration: Duration::from_secs(1),
             grace: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(1),
+            protocol: Protocol::Raw,
+            ws_path: "/ws".into(),
             sub_path: "/sub/{topic}".into(),
             pub_path: "/pub/{topic}".into(),
             topic_prefix: "t".into(),
             text: false,
         }
+    }
+
+    #[test]
+    fn json_plans_need_room_for_the_hex_header() {
+        let mut p = plan(1, 1, 1);
+        p.protocol = Protocol::Json;
+        p.size = 40;
+        p.sub_path = "ignored".into();
+        assert!(p.validate().is_ok(), "raw path templates are not used");
+        p.size = 39;
+        assert!(p.validate().is_err());
+        p.size = 64;
+        p.topic_prefix = "x".repeat(60);
+        assert!(p.validate().is_err(), "envelope head plus header beyond the scanned prefix");
+        p.topic_prefix = "lg1234567-".into();
+        p.topics = 1000;
+        assert!(p.validate().is_ok());
+        p.ws_path = "ws".into();
+        assert!(p.validate().is_err());
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct EngineSummary {
     pub read_size: usize,
     /// Receive times from the kernel (`kernel`) or from a clock read after each read (`read`).
     pub rx_time: crate::engine::RxTime,
+    /// How connections authenticated (`null`: they did not).
+    pub auth: Option<crate::auth::AuthSummary>,
 }
 
 impl EngineSummary {
@@ -93,6 +95,7 @@ impl EngineSummary {
             source_ips: cfg.source_ips.iter().map(|ip| ip.to_string()).collect(),
             read_size: cfg.read_size,
             rx_time: cfg.rx_time,
+            auth: cfg.auth.as_ref().map(|a| a.summary()),
         }
     }
 }
@@ -415,9 +418,13 @@ impl FanoutReport {
         }
         let _ = writeln!(
             s,
-            "  errors       connect: {}; during run: {}",
+            "  errors       connect: {}; during run: {}{}",
             c.connect_failures.summary(),
-            c.disconnects.summary()
+            c.disconnects.summary(),
+            match self.counters.error_replies {
+                0 => String::new(),
+                n => format!("; error replies {n}"),
+            }
         );
         let u = &self.loadgen;
         let per_thread: Vec<String> = u

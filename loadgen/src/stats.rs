@@ -248,6 +248,10 @@ pub struct RecvCounters {
     pub pings: u64,
     /// `read` calls that returned data.
     pub reads: u64,
+    /// `--protocol json`: `ack` replies (to subscribes, publishes and auth messages; not deliveries).
+    pub acks: u64,
+    /// `--protocol json`: `error` replies on open connections (e.g. a refused publish).
+    pub error_replies: u64,
 }
 
 impl RecvCounters {
@@ -280,6 +284,8 @@ impl RecvCounters {
         self.probes += o.probes;
         self.pings += o.pings;
         self.reads += o.reads;
+        self.acks += o.acks;
+        self.error_replies += o.error_replies;
     }
 }
 
@@ -306,6 +312,32 @@ pub enum Failure {
     ClosedByServer(u16),
     /// The server closed the TCP connection without a close frame.
     Eof,
+    /// `--protocol json`: the server answered a request made while opening (auth, subscribe) with an
+    /// `error` reply carrying this code.
+    ErrorReply(ReplyCode),
+}
+
+/// An `error` reply's `code`, kept inline (at most 31 bytes) so that a [`Failure`] stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplyCode {
+    len: u8,
+    bytes: [u8; 31],
+}
+
+impl ReplyCode {
+    /// The code from the reply's bytes (cut at 31 bytes; `?` when empty or not printable ASCII).
+    pub fn new(code: &[u8]) -> ReplyCode {
+        let code = if !code.is_empty() && code.iter().all(u8::is_ascii_graphic) { code } else { b"?" };
+        let len = code.len().min(31);
+        let mut bytes = [0u8; 31];
+        bytes[..len].copy_from_slice(&code[..len]);
+        ReplyCode { len: len as u8, bytes }
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
 }
 
 /// Failure counts by class.
@@ -331,6 +363,8 @@ pub struct Failures {
     pub closed_by_server: BTreeMap<u16, u64>,
     /// TCP closed by the server without a close frame.
     pub eof: u64,
+    /// `--protocol json`: error replies to the requests made while opening: code -> count.
+    pub error_reply: BTreeMap<String, u64>,
 }
 
 impl Failures {
@@ -347,6 +381,7 @@ impl Failures {
             Failure::Protocol => self.protocol += 1,
             Failure::ClosedByServer(c) => *self.closed_by_server.entry(c).or_default() += 1,
             Failure::Eof => self.eof += 1,
+            Failure::ErrorReply(code) => *self.error_reply.entry(code.as_str().to_owned()).or_default() += 1,
         }
     }
 
@@ -366,6 +401,9 @@ impl Failures {
             *self.closed_by_server.entry(*k).or_default() += v;
         }
         self.eof += o.eof;
+        for (k, v) in &o.error_reply {
+            *self.error_reply.entry(k.clone()).or_default() += v;
+        }
     }
 
     /// Total failures of every class.
@@ -380,6 +418,7 @@ impl Failures {
             + self.protocol
             + self.closed_by_server.values().sum::<u64>()
             + self.eof
+            + self.error_reply.values().sum::<u64>()
     }
 
     /// A one-line summary of the non-zero classes, e.g. `refused 3, http 503 x2`.
@@ -403,6 +442,9 @@ impl Failures {
         }
         for (c, n) in &self.closed_by_server {
             parts.push(format!("close {c} x{n}"));
+        }
+        for (c, n) in &self.error_reply {
+            parts.push(format!("error reply {c} x{n}"));
         }
         if parts.is_empty() {
             "none".to_owned()
@@ -553,5 +595,20 @@ mod tests {
         g.add(&f);
         g.add(&f);
         assert_eq!(g.total(), 8);
+    }
+
+    #[test]
+    fn auth_failures_show_status_close_code_and_reply_code() {
+        let mut f = Failures::default();
+        f.count(Failure::HttpStatus(401));
+        f.count(Failure::HttpStatus(403));
+        f.count(Failure::ClosedByServer(4401));
+        f.count(Failure::ErrorReply(ReplyCode::new(b"forbidden")));
+        f.count(Failure::ErrorReply(ReplyCode::new(b"forbidden")));
+        f.count(Failure::ErrorReply(ReplyCode::new(b"")));
+        assert_eq!(f.total(), 6);
+        assert_eq!(f.summary(), "http 401 x1, http 403 x1, close 4401 x1, error reply ? x1, error reply forbidden x2");
+        let long = ReplyCode::new(&[b'a'; 40]);
+        assert_eq!(long.as_str().len(), 31);
     }
 }

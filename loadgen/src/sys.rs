@@ -1,7 +1,7 @@
 //! The few OS calls loadgen needs beyond `std` and `mio`: the CLOCK_MONOTONIC clock in nanoseconds (the clock
-//! every payload timestamp uses, so that processes on one machine agree), CPU time of the process and of a
-//! thread, a `timerfd` for sub-millisecond pacing (epoll's timeout is whole milliseconds), the
-//! `IP_BIND_ADDRESS_NO_PORT` socket option, and `/proc/PID/stat` samples of another process.
+//! every payload timestamp uses, so that processes on one machine agree), wall-clock seconds (token claims),
+//! CPU time of the process and of a thread, a `timerfd` for sub-millisecond pacing (epoll's timeout is whole
+//! milliseconds), the `IP_BIND_ADDRESS_NO_PORT` socket option, and `/proc/PID/stat` samples of another process.
 //!
 //! This is the only module with `unsafe`; each block says what it relies on.
 #![allow(unsafe_code)]
@@ -22,6 +22,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// CLOCK_MONOTONIC in nanoseconds: the timestamp carried in every payload (same machine, any process).
 pub fn now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Wall-clock seconds since the Unix epoch (for token claims).
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// CPU time (user + system) used by the calling thread so far, in nanoseconds.
@@ -296,16 +301,26 @@ mod tests {
         let mut tx = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (rx, _) = listener.accept().expect("accept");
         enable_rx_timestamps(rx.as_raw_fd()).expect("SO_TIMESTAMPNS");
-        let before = now_ns();
-        tx.write_all(b"hello").expect("write");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let mut buf = [0u8; 16];
-        let (n, stamp) = recv_timestamped(rx.as_raw_fd(), &mut buf).expect("recvmsg");
-        let after = now_ns();
-        assert_eq!(&buf[..n], b"hello");
-        let mono = stamp.expect("a timestamp").wrapping_add(realtime_to_monotonic_offset());
-        // Received right after the write, well before the read 20 ms later (1 ms of slack for the offset).
-        assert!(mono + 1_000_000 >= before && mono < after - 10_000_000, "{before} {mono} {after}");
+        // When no socket on the machine had timestamps on, the kernel switches them on from a workqueue
+        // (net_enable_timestamp): segments that arrive meanwhile carry none, and loadgen reads the clock
+        // instead. Retry until one is stamped.
+        for round in 0.. {
+            let before = now_ns();
+            tx.write_all(b"hello").expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut buf = [0u8; 16];
+            let (n, stamp) = recv_timestamped(rx.as_raw_fd(), &mut buf).expect("recvmsg");
+            let after = now_ns();
+            assert_eq!(&buf[..n], b"hello");
+            let Some(stamp) = stamp else {
+                assert!(round < 100, "no receive timestamp within 2 s");
+                continue;
+            };
+            let mono = stamp.wrapping_add(realtime_to_monotonic_offset());
+            // Received right after the write, well before the read 20 ms later (1 ms of slack for the offset).
+            assert!(mono + 1_000_000 >= before && mono < after - 10_000_000, "{before} {mono} {after}");
+            break;
+        }
     }
 
     #[test]

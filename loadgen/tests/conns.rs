@@ -89,3 +89,34 @@ fn pinged_connections_answer_and_survive_the_idle_timeout() {
     assert_eq!(num(&r.json, "/open_at_end"), 50, "{}", r.stdout);
     assert_eq!(r.json["disconnects"]["closed_by_server"], serde_json::json!({}), "{}", r.stdout);
 }
+
+#[test]
+fn json_connections_count_once_subscribed() {
+    let _serial = serial();
+    let herald = Herald::start(&["--workers", "2"]);
+    let r = loadgen(&[
+        "conns",
+        "--url",
+        &herald.url(),
+        "--protocol",
+        "json",
+        "--conns",
+        "100",
+        "--hold",
+        "300ms",
+        "--threads",
+        "2",
+        "--no-pin",
+        "--quiet",
+        "--token",
+        "static.test.token",
+        "--auth-carrier",
+        "cookie",
+    ]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert_eq!(num(&r.json, "/opened"), 100, "{}", r.stdout);
+    assert_eq!(num(&r.json, "/open_at_end"), 100);
+    assert_eq!(r.json["plan"]["protocol"], "json");
+    assert_eq!(r.json["plan"]["path"], "/ws");
+    assert_eq!(r.json["engine"]["auth"]["source"], "token");
+}

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::json;
 use support::{loadgen, num, serial, Herald};
 
 /// Arguments every test run shares: small, short, two unpinned threads.
@@ -173,4 +174,127 @@ fn json_report_carries_the_configuration() {
     assert_eq!(j["engine"]["url"], herald.url());
     assert!(j["timeline"].as_array().is_some_and(|t| !t.is_empty()));
     assert!(j["loadgen"]["cpu_ns_per_delivery"].as_f64().is_some());
+}
+
+#[test]
+fn json_protocol_delivers_exactly_like_raw() {
+    let _serial = serial();
+    let herald = Herald::start(&["--workers", "2"]);
+    // 20 subscribers on herald's /ws, each counted open only once its subscribe is acked; 500 messages
+    // scheduled inside the window.
+    let r = run(
+        &herald.url(),
+        &["--protocol", "json", "--subs", "20", "--rate", "500", "--duration", "1s", "--warmup", "0s", "--size", "64"],
+    );
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let j = &r.json;
+    assert_eq!(j["plan"]["protocol"], "json");
+    assert_eq!(num(j, "/delivery/published"), 500, "{}", r.stdout);
+    assert_eq!(num(j, "/delivery/expected"), 10_000);
+    assert_eq!(num(j, "/delivery/delivered"), 10_000, "{}", r.stdout);
+    assert_eq!(num(j, "/delivery/lost") + num(j, "/delivery/in_flight") + num(j, "/delivery/lost_disconnected"), 0);
+    assert_eq!(num(j, "/counters/duplicates") + num(j, "/counters/reordered") + num(j, "/counters/foreign"), 0);
+    assert_eq!(num(j, "/counters/error_replies"), 0);
+    assert_eq!(num(j, "/latency/count"), 10_000);
+    assert_eq!(num(j, "/subscribers_confirmed"), 20);
+    assert_eq!(num(j, "/connections/opened"), 21);
+    // Every subscribe and every publish (probes included) was acked; none counted as a delivery.
+    assert!(num(j, "/counters/acks") >= 20 + 500, "{}", j["counters"]);
+}
+
+#[test]
+fn json_error_replies_are_classified_not_fatal() {
+    let _serial = serial();
+    let herald = Herald::start(&["--workers", "1"]);
+    // `/` is not allowed in herald's topic names: each subscribe is answered with an error reply, and so is
+    // each publish.
+    let r = run(
+        &herald.url(),
+        &[
+            "--protocol",
+            "json",
+            "--topic-prefix",
+            "bad/",
+            "--subs",
+            "5",
+            "--rate",
+            "100",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--probe-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let j = &r.json;
+    assert_eq!(num(j, "/connections/connect_failures/error_reply/invalid_topic"), 5, "{}", r.stdout);
+    assert_eq!(num(j, "/connections/opened"), 1, "the publisher needs no ack to open");
+    assert!(num(j, "/counters/error_replies") >= 20, "publishes refused: {}", j["counters"]);
+    assert!(r.stdout.contains("error reply invalid_topic x5"), "{}", r.stdout);
+}
+
+#[test]
+fn tokens_in_every_carrier_reach_a_server_that_does_not_check_them() {
+    let _serial = serial();
+    let herald = Herald::start(&["--workers", "1"]);
+    let secret = std::env::temp_dir().join(format!("loadgen-fanout-secret-{}", std::process::id()));
+    std::fs::write(&secret, "test-secret\n").expect("secret file");
+    let secret_path = secret.to_str().expect("utf-8 path");
+    // The requests are well formed whatever the carrier: a server without auth accepts them all.
+    for carrier in ["bearer", "x-auth-token", "cookie", "query", "subprotocol"] {
+        let r = run(
+            &herald.url(),
+            &[
+                "--subs",
+                "5",
+                "--rate",
+                "200",
+                "--duration",
+                "300ms",
+                "--warmup",
+                "0s",
+                "--jwt-secret-file",
+                secret_path,
+                "--auth-carrier",
+                carrier,
+            ],
+        );
+        assert_eq!(r.code, 0, "{carrier}: stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        assert_eq!(num(&r.json, "/connections/opened"), 6, "{carrier}: {}", r.stdout);
+        assert_eq!(num(&r.json, "/delivery/delivered"), num(&r.json, "/delivery/expected"), "{carrier}");
+        assert_eq!(r.json["engine"]["auth"]["carrier"], carrier);
+        assert_eq!(r.json["engine"]["auth"]["source"], "jwt");
+    }
+    let _ = std::fs::remove_file(&secret);
+}
+
+#[test]
+fn token_subcommand_prints_a_verifiable_jwt() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["token", "--jwt-secret-env", "LOADGEN_TEST_JWT_SECRET", "--jwt-sub", "alice"])
+        .args(["--jwt-subscribe", "news.*", "--jwt-alg", "HS384", "--jwt-kid", "k1"])
+        .env("LOADGEN_TEST_JWT_SECRET", "s3cret")
+        .output()
+        .expect("run loadgen token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let token = text.trim_end();
+    assert_eq!(text, format!("{token}\n"), "one line");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS384);
+    v.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &jsonwebtoken::DecodingKey::from_secret(b"s3cret"), &v)
+        .expect("verifies with the secret");
+    assert_eq!(data.header.kid.as_deref(), Some("k1"));
+    let c = &data.claims;
+    assert_eq!(
+        (c["sub"].as_str(), c["subscribe"].clone(), c["publish"].clone()),
+        (Some("alice"), json!(["news.*"]), json!(["*"]))
+    );
+    assert_eq!(c["exp"].as_u64().expect("exp") - c["iat"].as_u64().expect("iat"), 3600);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen")).arg("token").output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "no secret: an error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--jwt-secret-file"));
 }

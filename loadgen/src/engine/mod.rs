@@ -8,9 +8,14 @@
 //! ([`RxTime::Kernel`], the default), or one clock read after each `read` call ([`RxTime::Read`]); either way
 //! every message of one read shares it.
 //!
-//! Phases ([`Phase`]), set by the main thread in [`Shared::phase`]: connect, probe (publishers send probe
-//! messages until each subscriber saw one from every publisher of its topic), run (warm-up, measured window,
-//! grace), finish. Workers share nothing per message: per-thread counters are published with relaxed stores
+//! Before dialing, each worker builds its state on its own thread, minting its connections' tokens (see
+//! [`crate::auth`]), so that neither shows in connect times; [`spawn`] returns once every worker is ready.
+//! A connection counts as open once its upgrade is done and, on herald's JSON endpoint, the requests it
+//! makes first (auth message, subscribe) are acked.
+//!
+//! Phases ([`Phase`]), set by the main thread in [`Shared::phase`]: prepare, connect, probe (publishers send
+//! probe messages until each subscriber saw one from every publisher of its topic), run (warm-up, measured
+//! window, grace), finish. Workers share nothing per message: per-thread counters are published with relaxed stores
 //! once per loop turn, latency histograms once a second under a per-thread mutex, and the closed-loop window
 //! through one atomic per (thread, publisher).
 
@@ -24,6 +29,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::Token;
 
+use crate::auth::Auth;
 use crate::client::{classify_io, Handshake};
 use crate::echo::EchoLocal;
 use crate::fanout::FanoutLocal;
@@ -61,6 +67,10 @@ pub struct EngineConfig {
     pub read_size: usize,
     /// Where a message's receive time comes from.
     pub rx_time: RxTime,
+    /// Tokens and their carrier (`None`: no authentication).
+    pub auth: Option<Arc<Auth>>,
+    /// The `Origin` header sent with every upgrade.
+    pub origin: Option<String>,
 }
 
 /// Where a message's receive time comes from.
@@ -78,22 +88,25 @@ pub enum RxTime {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Phase {
+    /// Workers build their state (and mint tokens); nothing is dialed yet.
+    Prepare = 0,
     /// Dialing and handshaking.
-    Connect = 0,
+    Connect = 1,
     /// Publishers send probes until every subscriber is confirmed.
-    Probe = 1,
+    Probe = 2,
     /// Warm-up, measured window and grace period (times in [`Shared`]).
-    Run = 2,
+    Run = 3,
     /// Close everything and report.
-    Finish = 3,
+    Finish = 4,
 }
 
 impl Phase {
     fn from_u8(v: u8) -> Phase {
         match v {
-            0 => Phase::Connect,
-            1 => Phase::Probe,
-            2 => Phase::Run,
+            0 => Phase::Prepare,
+            1 => Phase::Connect,
+            2 => Phase::Probe,
+            3 => Phase::Run,
             _ => Phase::Finish,
         }
     }
@@ -161,13 +174,15 @@ pub struct Shared {
     pub pub_open: Vec<AtomicU8>,
     /// Publishers finished.
     pub pubs_done: AtomicUsize,
+    /// Workers built and ready to dial.
+    pub ready: AtomicUsize,
 }
 
 impl Shared {
     /// Shared state for `threads` workers and `pubs` publishers.
     pub fn new(threads: usize, pubs: usize) -> Shared {
         Shared {
-            phase: AtomicU8::new(Phase::Connect as u8),
+            phase: AtomicU8::new(Phase::Prepare as u8),
             t0_ns: AtomicU64::new(u64::MAX),
             measure_ns: AtomicU64::new(u64::MAX),
             end_ns: AtomicU64::new(u64::MAX),
@@ -178,6 +193,7 @@ impl Shared {
             pub_end: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
             pub_open: (0..pubs).map(|_| AtomicU8::new(0)).collect(),
             pubs_done: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
         }
     }
 
@@ -210,11 +226,47 @@ pub enum Kind {
     Echo(u32),
 }
 
+/// One connection to open: what it is for, where, and what it asks for once upgraded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    /// Its role.
+    pub kind: Kind,
+    /// Its number in the scenario (the `{conn}` of a minted token's subject).
+    pub index: usize,
+    /// The request path (before an auth query parameter).
+    pub path: String,
+    /// On herald's JSON endpoint: requests made after the upgrade are answered, and the answers awaited.
+    pub json: bool,
+    /// JSON: the topic to subscribe to before the connection counts as open.
+    pub subscribe: Option<String>,
+    /// Its token (filled in by the worker when the run authenticates).
+    pub token: Option<Arc<str>>,
+}
+
+impl Dial {
+    /// A raw connection of `kind`, number `index`, to `path`.
+    pub fn raw(kind: Kind, index: usize, path: String) -> Dial {
+        Dial { kind, index, path, json: false, subscribe: None, token: None }
+    }
+
+    /// A connection of `kind`, number `index`, to herald's JSON endpoint at `path`, subscribing to `topic`.
+    pub fn json(kind: Kind, index: usize, path: String, subscribe: Option<String>) -> Dial {
+        Dial { kind, index, path, json: true, subscribe, token: None }
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug)]
 enum State {
     /// Connecting (until the socket turns writable), then writing the request and reading the response.
-    Handshaking(Box<Handshake>),
+    Handshaking(Box<(Handshake, Dial)>),
+    /// Upgraded, waiting for the acks of this many requests (JSON auth message, subscribe).
+    Setup {
+        /// Replies still to come.
+        awaiting: u32,
+        /// The token to put in requests (`--auth-per-message`).
+        message_token: Option<Arc<str>>,
+    },
     Open,
 }
 
@@ -223,6 +275,8 @@ enum State {
 pub struct Conn {
     pub(crate) sock: TcpStream,
     pub(crate) kind: Kind,
+    /// Speaks herald's JSON protocol: text replies are classified, not counted as messages.
+    pub(crate) json: bool,
     state: State,
     dialed_ns: u64,
     scanner: Scanner,
@@ -272,6 +326,8 @@ pub struct IdleSetup {
     pub count: usize,
     /// Their path.
     pub path: String,
+    /// On herald's JSON endpoint: the topic each subscribes to before it counts as open (`None`: raw).
+    pub subscribe: Option<String>,
     /// Send a ping on every connection this often (`None`: stay silent).
     pub ping_every: Option<Duration>,
 }
@@ -339,7 +395,8 @@ impl WorkerResult {
 /// A running worker thread.
 pub type WorkerHandle = std::thread::JoinHandle<io::Result<WorkerResult>>;
 
-/// Starts one worker thread per load; each builds its state (poll, sockets, buffers) on its own thread.
+/// Starts one worker thread per load; each builds its state (poll, buffers, tokens) on its own thread. Returns
+/// once every worker is ready to dial (or has failed: [`join`] reports it), in the connect phase.
 pub fn spawn(cfg: &EngineConfig, shared: &Arc<Shared>, loads: Vec<Load>) -> Result<Vec<WorkerHandle>, RunError> {
     let mut handles = Vec::new();
     for (id, load) in loads.into_iter().enumerate() {
@@ -351,6 +408,10 @@ pub fn spawn(cfg: &EngineConfig, shared: &Arc<Shared>, loads: Vec<Load>) -> Resu
             .map_err(|e| RunError::Worker(id, e))?;
         handles.push(handle);
     }
+    while shared.ready.load(Ordering::Acquire) < handles.len() && !handles.iter().any(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    shared.set_phase(Phase::Connect);
     Ok(handles)
 }
 

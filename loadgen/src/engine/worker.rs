@@ -1,6 +1,6 @@
-//! One worker thread's event loop: dialing at the connect rate, handshakes, the receive hot path (one read
-//! buffer per thread, frames walked in place), the scenario's sending, timeouts, and the per-second hand-over
-//! of latencies to the main thread.
+//! One worker thread's event loop: handshakes, the receive hot path (one read buffer per thread, frames walked
+//! in place), the scenario's sending, and the per-second hand-over of latencies to the main thread. Dialing,
+//! connect timeouts and the requests a connection makes before it counts as open are in [`open`].
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -12,15 +12,19 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use herald::protocol::frame::{write_masked_frame, OpCode};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use slab::Slab;
 
-use super::{Conn, EngineConfig, Kind, Load, Phase, RxTime, Shared, State, WorkerResult, DIAL_BATCH, TICK_NS, TIMER};
-use crate::client::{classify_io, connect_result, Dialer, Handshake, HandshakeProgress};
+use super::{Conn, Dial, EngineConfig, Kind, Load, Phase, RxTime, Shared, State, WorkerResult, TICK_NS, TIMER};
+use crate::auth::Auth;
+use crate::client::{classify_io, connect_result, Dialer, HandshakeProgress};
 use crate::echo::EchoLocal;
-use crate::scan::{Frame, Scanner};
-use crate::stats::{self, Failure, Failures, RecvCounters};
+use crate::json::{self, Incoming};
+use crate::scan::Frame;
+use crate::stats::{self, Failure, Failures, RecvCounters, ReplyCode};
 use crate::sys;
+
+mod open;
 
 /// One worker's loop and everything it owns.
 #[derive(Debug)]
@@ -33,7 +37,9 @@ pub struct Worker {
     conns: Slab<Conn>,
     dialer: Dialer,
     host: String,
-    to_dial: VecDeque<(Kind, String)>,
+    origin: Option<String>,
+    auth: Option<Arc<Auth>>,
+    to_dial: VecDeque<Dial>,
     dial_interval_ns: u64,
     next_dial_ns: u64,
     in_progress: Vec<usize>,
@@ -73,11 +79,28 @@ impl Worker {
         let poll = Poll::new()?;
         let timer = sys::Timer::new()?;
         poll.registry().register(&mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&timer)), TIMER, Interest::READABLE)?;
-        let mut to_dial = VecDeque::new();
-        match &load {
-            Load::Fanout(f) => to_dial.extend(f.dial_list()),
-            Load::Idle(setup) => to_dial.extend((0..setup.count).map(|i| (Kind::Idle(i as u32), setup.path.clone()))),
-            Load::Echo(e) => to_dial.extend(e.dial_list()),
+        let mut to_dial: VecDeque<Dial> = match &load {
+            Load::Fanout(f) => f.dial_list().into(),
+            Load::Idle(setup) => (0..setup.count)
+                .map(|i| {
+                    // Connections are dealt to workers round robin: worker `id` has numbers id, id + threads, ..
+                    let (kind, index, path) = (Kind::Idle(i as u32), id + i * cfg.threads.max(1), setup.path.clone());
+                    match &setup.subscribe {
+                        Some(topic) => Dial::json(kind, index, path, Some(topic.clone())),
+                        None => Dial::raw(kind, index, path),
+                    }
+                })
+                .collect(),
+            Load::Echo(e) => e.dial_list().into(),
+        };
+        if let Some(auth) = &cfg.auth {
+            // Minted here, on the worker's thread and before the connect phase, so that minting shows neither
+            // in connect times nor in the connect rate.
+            let indices: Vec<usize> = to_dial.iter().map(|d| d.index).collect();
+            let tokens = auth.tokens(&indices, sys::unix_now_s()).map_err(io::Error::other)?;
+            for (dial, token) in to_dial.iter_mut().zip(tokens) {
+                dial.token = Some(token);
+            }
         }
         let per_thread_rate = cfg.connect_rate / cfg.threads.max(1) as f64;
         let now = sys::now_ns();
@@ -90,6 +113,8 @@ impl Worker {
             conns: Slab::with_capacity(to_dial.len()),
             dialer: Dialer::new(cfg.target.addr, cfg.source_ips.clone(), id, cfg.rx_time == RxTime::Kernel),
             host: cfg.target.host.clone(),
+            origin: cfg.origin.clone(),
+            auth: cfg.auth.clone(),
             to_dial,
             dial_interval_ns: if per_thread_rate > 0.0 { (1e9 / per_thread_rate) as u64 } else { 0 },
             next_dial_ns: now,
@@ -119,6 +144,13 @@ impl Worker {
     /// Runs the loop until the Finish phase, then closes everything and hands back the results.
     pub fn run(mut self) -> io::Result<WorkerResult> {
         let mut events = Events::with_capacity(1024);
+        self.shared.ready.fetch_add(1, Ordering::AcqRel);
+        while self.shared.phase() == Phase::Prepare {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.now = sys::now_ns();
+        (self.next_dial_ns, self.next_tick_ns, self.next_ping_ns) = (self.now, self.now, self.now);
+        self.next_flush_ns = self.now + 1_000_000_000;
         loop {
             let phase = self.shared.phase();
             if phase == Phase::Finish {
@@ -289,84 +321,12 @@ impl Worker {
         self.rng
     }
 
-    /// Dials the connections that are due under the connect rate.
-    fn dial_due(&mut self) {
-        let mut budget = DIAL_BATCH;
-        while budget > 0 && self.now >= self.next_dial_ns {
-            let Some((kind, path)) = self.to_dial.pop_front() else { break };
-            budget -= 1;
-            self.next_dial_ns = if self.dial_interval_ns == 0 {
-                self.now
-            } else {
-                self.next_dial_ns.max(self.now.saturating_sub(self.dial_interval_ns)) + self.dial_interval_ns
-            };
-            let shared = self.shared.clone();
-            let progress = &shared.progress[self.id];
-            let mut sock = match self.dialer.dial() {
-                Ok(sock) => sock,
-                Err(e) => {
-                    self.connect_failures.count(classify_io(&e));
-                    progress.failed.fetch_add(1, Ordering::Relaxed);
-                    self.on_gone(kind, false);
-                    continue;
-                }
-            };
-            let nonce_a = self.next_random().to_le_bytes();
-            let nonce_b = self.next_random().to_le_bytes();
-            let mut nonce = [0u8; 16];
-            nonce[..8].copy_from_slice(&nonce_a);
-            nonce[8..].copy_from_slice(&nonce_b);
-            let entry = self.conns.vacant_entry();
-            let token = entry.key();
-            if let Err(e) =
-                self.poll.registry().register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE)
-            {
-                self.connect_failures.count(classify_io(&e));
-                progress.failed.fetch_add(1, Ordering::Relaxed);
-                self.on_gone(kind, false);
-                continue;
-            }
-            entry.insert(Conn {
-                sock,
-                kind,
-                state: State::Handshaking(Box::new(Handshake::new(&self.host, &path, nonce, &[]))),
-                dialed_ns: self.now,
-                scanner: Scanner::new(crate::plan::payload::HEADER_LEN),
-                out: Vec::new(),
-                out_pos: 0,
-                write_blocked: false,
-            });
-            // The request is written once the connect completes (the socket turns writable).
-            self.in_progress.push(token);
-        }
-    }
-
-    /// Fails connections that have not opened within the connect timeout.
-    fn expire_connects(&mut self) {
-        let now = self.now;
-        let timeout = self.connect_timeout_ns;
-        let mut expired = Vec::new();
-        self.in_progress.retain(|&token| match self.conns.get(token) {
-            Some(conn) if !conn.is_open() => {
-                if now.saturating_sub(conn.dialed_ns) > timeout {
-                    expired.push(token);
-                    false
-                } else {
-                    true
-                }
-            }
-            _ => false,
-        });
-        for token in expired {
-            self.close(token, Some(Failure::Timeout));
-        }
-    }
-
     /// Handles readiness of connection `token`.
     fn on_ready(&mut self, token: usize, readable: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(token) else { return };
         match &mut conn.state {
-            State::Handshaking(h) => {
+            State::Handshaking(opening) => {
+                let h = &mut opening.0;
                 match connect_result(&conn.sock) {
                     Ok(true) => {}
                     Ok(false) => return,
@@ -380,27 +340,15 @@ impl Worker {
                 match progress {
                     Ok(HandshakeProgress::Pending) => {}
                     Ok(HandshakeProgress::Open(rest)) => {
-                        conn.state = State::Open;
-                        let kind = conn.kind;
-                        stats::record(&mut self.connect_time, self.now.saturating_sub(conn.dialed_ns));
-                        let p = &self.shared.progress[self.id];
-                        p.connected.fetch_add(1, Ordering::Relaxed);
-                        p.open.fetch_add(1, Ordering::Relaxed);
-                        match &mut self.load {
-                            Load::Fanout(f) => f.on_open(kind, token, &self.shared),
-                            Load::Echo(e) => e.on_open(kind, token),
-                            Load::Idle(_) => {}
+                        let setup = State::Setup { awaiting: 0, message_token: None };
+                        if let State::Handshaking(opening) = std::mem::replace(&mut conn.state, setup) {
+                            self.upgraded(token, opening.1, &rest);
                         }
-                        if !rest.is_empty() {
-                            self.process(token, &rest, self.now);
-                        }
-                        // More may have arrived after the head: the edge is consumed, so read now.
-                        self.read(token);
                     }
                     Err(f) => self.close(token, Some(f)),
                 }
             }
-            State::Open => {
+            State::Setup { .. } | State::Open => {
                 if writable && conn.pending() > 0 {
                     match conn.flush() {
                         Ok(_) => {}
@@ -433,8 +381,10 @@ impl Worker {
                 Ok((n, stamp)) => {
                     self.counters.reads += 1;
                     let recv_ns = stamp.unwrap_or_else(sys::now_ns);
-                    if let Err(f) = self.process_rbuf(token, carry + n, recv_ns) {
-                        return self.close(token, Some(f));
+                    match self.process_rbuf(token, carry + n, recv_ns) {
+                        Ok(false) => {}
+                        Ok(true) => self.mark_open(token),
+                        Err(f) => return self.close(token, Some(f)),
                     }
                     if n < room {
                         // A short read emptied the socket; the next arrival raises a new edge.
@@ -458,17 +408,26 @@ impl Worker {
             self.rbuf.resize(len, 0);
         }
         self.rbuf[..len].copy_from_slice(&buf);
-        if let Err(f) = self.process_rbuf(token, len, recv_ns) {
-            self.close(token, Some(f));
+        match self.process_rbuf(token, len, recv_ns) {
+            Ok(false) => {}
+            Ok(true) => self.mark_open(token),
+            Err(f) => self.close(token, Some(f)),
         }
     }
 
-    /// Walks the frames in `rbuf[..len]` for connection `token`: the receive hot path.
-    fn process_rbuf(&mut self, token: usize, len: usize, recv_ns: u64) -> Result<(), Failure> {
+    /// Walks the frames in `rbuf[..len]` for connection `token`: the receive hot path. `Ok(true)`: the acks
+    /// the connection was waiting for to open all arrived.
+    fn process_rbuf(&mut self, token: usize, len: usize, recv_ns: u64) -> Result<bool, Failure> {
         let Worker { conns, rbuf, load, counters, hist, rng, measure_ns, end_ns, .. } = self;
-        let Some(conn) = conns.get_mut(token) else { return Ok(()) };
-        let Conn { scanner, out, kind, .. } = &mut *conn;
-        let kind = *kind;
+        let Some(conn) = conns.get_mut(token) else { return Ok(false) };
+        let Conn { scanner, out, kind, json, state, .. } = &mut *conn;
+        let (kind, json) = (*kind, *json);
+        let mut awaiting = match state {
+            State::Setup { awaiting, .. } => *awaiting,
+            _ => 0,
+        };
+        let setting_up = awaiting > 0;
+        let mut refused: Option<ReplyCode> = None;
         let mut close: Option<u16> = None;
         let before = counters.messages;
         let before_bytes = counters.bytes;
@@ -481,6 +440,37 @@ impl Worker {
         };
         scanner
             .scan(&rbuf[..len], |frame| match frame {
+                Frame::Data { opcode: OpCode::Text, len, prefix, .. } if json => {
+                    // herald's JSON endpoint: replies are told from deliveries by their first bytes.
+                    let head = match &target {
+                        Sink::Sub(sub) => sub.head(),
+                        _ => &[],
+                    };
+                    match json::incoming(prefix, head) {
+                        Incoming::Message(data) => {
+                            counters.bytes += len;
+                            match &mut target {
+                                Sink::Sub(sub) => {
+                                    sub.receive_header(json::read_header(data), recv_ns, measure, counters, hist)
+                                }
+                                _ => counters.messages += 1,
+                            }
+                        }
+                        Incoming::Ack => {
+                            counters.acks += 1;
+                            awaiting = awaiting.saturating_sub(1);
+                        }
+                        Incoming::Error(code) if awaiting > 0 => {
+                            refused.get_or_insert(ReplyCode::new(code));
+                        }
+                        Incoming::Error(_) => counters.error_replies += 1,
+                        Incoming::Other => {
+                            counters.bytes += len;
+                            counters.messages += 1;
+                            counters.foreign += 1;
+                        }
+                    }
+                }
                 Frame::Data { opcode, len, prefix, .. } => {
                     counters.bytes += len;
                     if opcode != OpCode::Continuation {
@@ -512,6 +502,9 @@ impl Worker {
                 }
             })
             .map_err(|_| Failure::Protocol)?;
+        if let State::Setup { awaiting: left, .. } = state {
+            *left = awaiting;
+        }
         if recv_ns >= measure && recv_ns < *end_ns {
             counters.messages_in_window += counters.messages - before;
             counters.bytes_in_window += counters.bytes - before_bytes;
@@ -519,10 +512,13 @@ impl Worker {
         if conn.pending() > 0 {
             conn.flush()?;
         }
+        if let Some(code) = refused {
+            return Err(Failure::ErrorReply(code));
+        }
         if let Some(code) = close {
             return Err(Failure::ClosedByServer(code));
         }
-        Ok(())
+        Ok(setting_up && awaiting == 0)
     }
 
     /// Sends a ping on every open idle connection.

@@ -11,6 +11,11 @@
 //!   slowest live subscriber of its topic (on any thread); messages carry their actual send time.
 //! - `--rate max`: as fast as the socket takes them (with `--window`, also bounded by it).
 //!
+//! With `--protocol json` every connection goes to herald's JSON endpoint: subscribers subscribe there (the
+//! worker waits for the ack before counting them open), publishers send publish requests built once per
+//! publisher ([`json::PublishTemplate`]), and subscribers find the header right after their topic's fixed
+//! envelope head. The accounting is the same.
+//!
 //! The main-thread side is in [`mod@run`]: it spawns the workers, steps them through the phases, prints progress,
 //! waits for stragglers after the window, and turns the workers' results into a [`run::FanoutOutcome`].
 
@@ -25,8 +30,9 @@ use hdrhistogram::Histogram;
 use herald::protocol::frame::{header_len, write_masked_frame, OpCode};
 use slab::Slab;
 
-use crate::engine::{Conn, Kind, Progress, Shared};
-use crate::plan::{fill_template, payload, FanoutPlan, Schedule};
+use crate::engine::{Conn, Dial, Kind, Progress, Shared};
+use crate::json;
+use crate::plan::{fill_template, payload, FanoutPlan, Protocol, Schedule};
 use crate::stats::{self, Failure, Pair, RecvCounters};
 use crate::sys;
 
@@ -60,6 +66,8 @@ struct PubLocal {
     window_blocked: bool,
     /// Its socket was full at the last attempt (a WRITABLE event will wake the loop).
     socket_blocked: bool,
+    /// `--protocol json`: its publish request, built when it opens.
+    template: Option<json::PublishTemplate>,
 }
 
 /// One worker's share of the fan-out scenario.
@@ -80,6 +88,8 @@ pub struct FanoutLocal {
     /// (topic, slot) of every publisher.
     routes: Vec<(u32, u32)>,
     pubs: Vec<PubLocal>,
+    /// `--protocol json`: per topic, the envelope head every delivery starts with (empty for raw).
+    heads: Vec<Vec<u8>>,
     payload: Vec<u8>,
     frame_len: usize,
     rng: u64,
@@ -110,6 +120,7 @@ impl FanoutLocal {
                 schedule: None,
                 window_blocked: false,
                 socket_blocked: false,
+                template: None,
             })
             .collect();
         let mut subs_by_topic = Vec::new();
@@ -124,8 +135,17 @@ impl FanoutLocal {
         let routes = (0..plan.pubs).map(|p| (plan.topic_of_pub(p) as u32, plan.slot_of_pub(p) as u32)).collect();
         // Padding is ASCII so that text mode stays mostly readable.
         let payload = vec![b'x'; plan.size];
+        let heads = match plan.protocol {
+            Protocol::Raw => Vec::new(),
+            Protocol::Json => (0..plan.topics).map(|t| json::envelope_head(&plan.topic_name(t))).collect(),
+        };
+        let frame_len = match plan.protocol {
+            Protocol::Raw => header_len(plan.size, true) + plan.size,
+            Protocol::Json => json::PublishTemplate::new(&plan.topic_name(0), plan.size, None).len() + 14,
+        };
         FanoutLocal {
-            frame_len: header_len(plan.size, true) + plan.size,
+            frame_len,
+            heads,
             pairs: vec![Pair::default(); subs.len() * slots],
             plan,
             thread,
@@ -146,19 +166,33 @@ impl FanoutLocal {
         }
     }
 
-    /// The connections to open, subscribers first, with their paths.
-    pub fn dial_list(&self) -> Vec<(Kind, String)> {
+    /// The connections to open, subscribers first. Connection numbers: subscriber `s` is `s`, publisher `p`
+    /// is `subs + p`.
+    pub fn dial_list(&self) -> Vec<Dial> {
+        let plan = &self.plan;
+        let (threads, thread) = (self.threads, self.thread);
         let subs = self.subs.iter().enumerate().map(|(i, s)| {
-            (Kind::Sub(i as u32), fill_template(&self.plan.sub_path, &self.plan.topic_name(s.topic as usize)))
+            let (kind, index, topic) = (Kind::Sub(i as u32), thread + i * threads, plan.topic_name(s.topic as usize));
+            match plan.protocol {
+                Protocol::Raw => Dial::raw(kind, index, fill_template(&plan.sub_path, &topic)),
+                Protocol::Json => Dial::json(kind, index, plan.ws_path.clone(), Some(topic)),
+            }
         });
         let pubs = self.pubs.iter().enumerate().map(|(i, p)| {
-            (Kind::Pub(i as u32), fill_template(&self.plan.pub_path, &self.plan.topic_name(p.topic as usize)))
+            let (kind, index) = (Kind::Pub(i as u32), plan.subs + p.global as usize);
+            match plan.protocol {
+                Protocol::Raw => {
+                    Dial::raw(kind, index, fill_template(&plan.pub_path, &plan.topic_name(p.topic as usize)))
+                }
+                Protocol::Json => Dial::json(kind, index, plan.ws_path.clone(), None),
+            }
         });
         subs.chain(pubs).collect()
     }
 
-    /// A connection of `kind` completed its handshake as `token`.
-    pub fn on_open(&mut self, kind: Kind, token: usize, shared: &Shared) {
+    /// A connection of `kind` is open as `token`; `message_token` goes into each JSON request
+    /// (`--auth-per-message`).
+    pub fn on_open(&mut self, kind: Kind, token: usize, shared: &Shared, message_token: Option<&str>) {
         match kind {
             Kind::Sub(i) => {
                 if let Some(s) = self.subs.get_mut(i as usize) {
@@ -168,6 +202,10 @@ impl FanoutLocal {
             Kind::Pub(i) => {
                 if let Some(p) = self.pubs.get_mut(i as usize) {
                     p.token = Some(token);
+                    if self.plan.protocol == Protocol::Json {
+                        let topic = self.plan.topic_name(p.topic as usize);
+                        p.template = Some(json::PublishTemplate::new(&topic, self.plan.size, message_token));
+                    }
                     shared.pub_open[p.global as usize].store(1, Ordering::Release);
                 }
             }
@@ -207,6 +245,7 @@ impl FanoutLocal {
         let start = local as usize * self.slots;
         let topic = self.subs.get(local as usize).map_or(u32::MAX, |s| s.topic);
         Receiver {
+            head: self.heads.get(topic as usize).map_or(&[], Vec::as_slice),
             pairs: self.pairs.get_mut(start..start + self.slots).unwrap_or_default(),
             lows: &mut self.lows,
             dirty: &mut self.dirty,
@@ -268,7 +307,7 @@ impl FanoutLocal {
                 continue;
             }
             let header = payload::Header { publisher: self.pubs[i].global, seq: payload::PROBE_SEQ, sent_ns: now };
-            self.write_message(conn, header);
+            self.write_message(i, conn, header);
             if let Err(f) = conn.flush() {
                 closed.push((token, f));
             }
@@ -416,7 +455,7 @@ impl FanoutLocal {
                     }
                     p.sent += 1;
                     let header = payload::Header { publisher: p.global, seq, sent_ns };
-                    self.write_message(conn, header);
+                    self.write_message(i, conn, header);
                 }
                 built += batch;
                 match conn.flush() {
@@ -473,13 +512,17 @@ impl FanoutLocal {
         (allowed, false)
     }
 
-    /// Appends one masked message frame to the connection's output.
-    fn write_message(&mut self, conn: &mut Conn, header: payload::Header) {
-        payload::write(&mut self.payload, header);
+    /// Appends one masked message frame from publisher `i` to the connection's output.
+    fn write_message(&mut self, i: usize, conn: &mut Conn, header: payload::Header) {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let mask = (self.rng as u32).to_le_bytes();
+        if let Some(template) = &mut self.pubs[i].template {
+            write_masked_frame(&mut conn.out, true, OpCode::Text, template.fill(header), mask);
+            return;
+        }
+        payload::write(&mut self.payload, header);
         let opcode = if self.plan.text { OpCode::Text } else { OpCode::Binary };
         write_masked_frame(&mut conn.out, true, opcode, &self.payload, mask);
     }
@@ -509,6 +552,8 @@ struct LowMark {
 /// The receive side of one subscriber: its row of the pair table.
 #[derive(Debug)]
 pub struct Receiver<'a> {
+    /// `--protocol json`: the envelope head of its topic's deliveries (empty for raw).
+    head: &'a [u8],
     pairs: &'a mut [Pair],
     lows: &'a mut [LowMark],
     dirty: &'a mut Vec<u32>,
@@ -518,7 +563,13 @@ pub struct Receiver<'a> {
 }
 
 impl Receiver<'_> {
-    /// Accounts one data message whose payload starts with `prefix`, received at `recv_ns`.
+    /// `--protocol json`: the envelope head its deliveries start with.
+    #[inline]
+    pub fn head(&self) -> &[u8] {
+        self.head
+    }
+
+    /// Accounts one raw data message whose payload starts with `prefix`, received at `recv_ns`.
     #[inline]
     pub fn receive(
         &mut self,
@@ -528,7 +579,20 @@ impl Receiver<'_> {
         counters: &mut RecvCounters,
         hist: &mut stats::FastHist,
     ) {
-        let Some(h) = payload::read(prefix) else {
+        self.receive_header(payload::read(prefix), recv_ns, measure_ns, counters, hist)
+    }
+
+    /// Accounts one data message with header `h` (`None`: not loadgen's), received at `recv_ns`.
+    #[inline]
+    pub fn receive_header(
+        &mut self,
+        h: Option<payload::Header>,
+        recv_ns: u64,
+        measure_ns: u64,
+        counters: &mut RecvCounters,
+        hist: &mut stats::FastHist,
+    ) {
+        let Some(h) = h else {
             counters.messages += 1;
             counters.foreign += 1;
             return;
@@ -570,74 +634,4 @@ impl Receiver<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plan::Rate;
-    use std::time::Duration;
-
-    fn plan(subs: usize, topics: usize, pubs: usize, window: Option<u64>) -> Arc<FanoutPlan> {
-        Arc::new(FanoutPlan {
-            subs,
-            topics,
-            pubs,
-            size: 64,
-            rate: Rate::Max,
-            window,
-            batch: None,
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(1),
-            grace: Duration::from_secs(1),
-            probe_timeout: Duration::from_secs(1),
-            sub_path: "/sub/{topic}".into(),
-            pub_path: "/pub/{topic}".into(),
-            topic_prefix: "t".into(),
-            text: false,
-        })
-    }
-
-    #[test]
-    fn workers_split_subscribers_and_publishers() {
-        let p = plan(10, 3, 4, None);
-        let a = FanoutLocal::new(p.clone(), 0, 2);
-        let b = FanoutLocal::new(p, 1, 2);
-        assert_eq!(a.subs.len() + b.subs.len(), 10);
-        assert_eq!(a.pubs.len() + b.pubs.len(), 4);
-        assert_eq!(a.pairs.len(), a.subs.len() * 2);
-        let dials = a.dial_list();
-        assert_eq!(dials.len(), 5 + 2);
-        assert_eq!(dials[0], (Kind::Sub(0), "/sub/t0".to_owned()));
-        assert_eq!(dials[1], (Kind::Sub(1), "/sub/t2".to_owned()), "subscriber 2 is on topic 2");
-        assert_eq!(dials[5], (Kind::Pub(0), "/pub/t0".to_owned()));
-    }
-
-    #[test]
-    fn receiver_counts_measured_gaps_and_foreign() {
-        let mut local = FanoutLocal::new(plan(1, 1, 2, None), 0, 1);
-        let mut counters = RecvCounters::default();
-        let mut fast = stats::FastHist::default();
-        let mut buf = [0u8; 20];
-        let mut deliver = |local: &mut FanoutLocal, publisher: u32, seq: u64, sent_ns: u64| {
-            payload::write(&mut buf, payload::Header { publisher, seq, sent_ns });
-            local.receiver(0).receive(&buf, 1_000, 100, &mut counters, &mut fast);
-        };
-        deliver(&mut local, 0, payload::PROBE_SEQ, 0);
-        deliver(&mut local, 0, 0, 50); // warm-up: not measured
-        deliver(&mut local, 0, 1, 100);
-        deliver(&mut local, 0, 3, 200); // gap
-        deliver(&mut local, 0, 3, 200); // duplicate
-        deliver(&mut local, 1, 0, 900); // the other publisher
-        deliver(&mut local, 7, 0, 900); // unknown publisher
-        assert_eq!(counters.probes, 1);
-        assert_eq!(counters.messages, 6);
-        assert_eq!(counters.measured, 3);
-        assert_eq!(counters.gaps, 1);
-        assert_eq!(counters.duplicates, 1);
-        assert_eq!(counters.foreign, 1);
-        let mut hist = stats::new_histogram();
-        fast.drain_into(&mut hist);
-        assert_eq!(hist.len(), 3);
-        assert_eq!(hist.max(), hist.highest_equivalent(900));
-        assert!(local.pairs[0].probed && local.pairs[1].probed);
-        assert_eq!(local.pairs[0].account(1, 5), (2, 1, 1));
-    }
-}
+mod tests;
