@@ -202,9 +202,9 @@ impl Worker {
             .auth
             .check_upgrade(head, need, route == Route::Ws, self.now, unix_now(), &mut self.grants)
             .map_err(Refusal::Auth)?;
-        if let ConnAuth::Granted { grants, .. } = &admitted.auth {
+        if let ConnAuth::Granted { .. } = &admitted.auth {
             self.metrics.inc(Metric::AuthOk);
-            tracing::debug!(worker = self.id, key, sub = grants.subject(), "authenticated at the upgrade");
+            tracing::debug!(worker = self.id, key, sub = admitted.subject.as_deref(), "authenticated at the upgrade");
         }
         let awaiting = !admitted.auth.is_open();
         let endpoint = match route {

@@ -9,7 +9,7 @@ use crate::broker::index::{ConnKey, IndexError, SubKind, TopicId};
 use crate::broker::topic;
 use crate::control::{self, ControlRequest};
 use crate::metrics::Metric;
-use crate::protocol::auth::session::{self, AuthMessage};
+use crate::protocol::auth::session::{self, subject_hash, AuthMessage};
 use crate::protocol::auth::{ConnAuth, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED};
 use crate::protocol::close::CloseCode;
 use crate::protocol::conn::{Event, Message};
@@ -142,7 +142,7 @@ impl Worker {
             self.close_ws(key, CLOSE_UNAUTHORIZED, "auth message required first");
             return;
         };
-        let (grants, expires) = match self.auth.verify(&am.token, unix_now(), &mut self.grants) {
+        let authed = match self.auth.verify(&am.token, unix_now(), &mut self.grants) {
             Ok(ok) => ok,
             Err(e) => {
                 self.metrics.inc(Metric::AuthUnauthorized);
@@ -153,8 +153,8 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Phase::WebSocket { endpoint, core } = &mut conn.phase else { return };
         let allowed = match endpoint {
-            Endpoint::SubPending(t) => grants.may_subscribe(t),
-            Endpoint::Pub(t) => grants.may_publish(t),
+            Endpoint::SubPending(t) => authed.grants.may_subscribe(t),
+            Endpoint::Pub(t) => authed.grants.may_publish(t),
             _ => true,
         };
         if !allowed {
@@ -162,10 +162,10 @@ impl Worker {
             self.close_ws(key, CLOSE_FORBIDDEN, "topic not allowed");
             return;
         }
-        tracing::debug!(worker = self.id, key, sub = grants.subject(), "authenticated by message");
+        tracing::debug!(worker = self.id, key, sub = authed.subject.as_deref(), "authenticated by message");
         self.metrics.inc(Metric::AuthOk);
         core.set_limits(self.settings.limits);
-        conn.auth = ConnAuth::Granted { grants, expires };
+        conn.auth = authed.into_conn_auth();
         match endpoint {
             Endpoint::SubPending(t) => {
                 let t = t.clone();
@@ -196,7 +196,7 @@ impl Worker {
         let unix = unix_now();
         let verified = self.auth.verify(token, unix, &mut self.grants);
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
-        let (grants, expires) = match verified {
+        let authed = match verified {
             Ok(ok) => ok,
             Err(_) if matches!(conn.auth, ConnAuth::Off) => return Ok(()), // auth is off: nothing to refresh
             Err(e) => {
@@ -206,15 +206,14 @@ impl Worker {
         };
         match &mut conn.auth {
             ConnAuth::Off | ConnAuth::Awaiting { .. } => {}
-            ConnAuth::Granted { grants: old, expires: old_expires } => {
-                if old.subject() != grants.subject() {
+            ConnAuth::Granted { subject, .. } => {
+                if *subject != subject_hash(authed.subject.as_deref()) {
                     self.metrics.inc(Metric::AuthUnauthorized);
                     return Err("a refresh must name the same subject");
                 }
-                *old = grants;
-                *old_expires = expires;
+                conn.auth = authed.into_conn_auth();
             }
-            ConnAuth::PerMessage { expires: held, .. } => *held = expires,
+            ConnAuth::PerMessage { expires: held, .. } => *held = authed.expires,
         }
         self.metrics.inc(Metric::AuthOk);
         Ok(())
@@ -234,7 +233,7 @@ impl Worker {
         let (grants, expires) = match &conn.auth {
             ConnAuth::Off => return Ok(()),
             ConnAuth::Awaiting { .. } => return Err(("unauthorized", "auth message required first")),
-            ConnAuth::Granted { grants, expires } => (grants.clone(), *expires),
+            ConnAuth::Granted { grants, expires, .. } => (grants.clone(), u64::from(*expires)),
             ConnAuth::PerMessage { .. } => {
                 let Some(token) = token else {
                     self.metrics.inc(Metric::AuthUnauthorized);
@@ -250,9 +249,9 @@ impl Worker {
                         (g, expires)
                     }
                     None => match self.auth.verify(token, unix, &mut self.grants) {
-                        Ok((g, expires)) => {
-                            conn.auth.remember(token.as_bytes(), g.clone(), expires);
-                            (g, expires)
+                        Ok(authed) => {
+                            conn.auth.remember(token.as_bytes(), authed.grants.clone(), authed.expires);
+                            (authed.grants, authed.expires)
                         }
                         Err(e) => {
                             self.metrics.inc(Metric::AuthUnauthorized);

@@ -4,8 +4,9 @@
 //! `user.42.inbox`; `*` alone matches every topic). A `*` anywhere else is an ordinary character, which no
 //! valid topic contains, so such a pattern matches nothing.
 //!
-//! Grants are interned per worker: connections whose tokens carry the same subject and patterns share one
-//! `Arc<Grants>`, so a connection pays one pointer for its permissions, however long the lists are.
+//! Grants are interned per worker: connections whose tokens carry the same patterns share one `Arc<Grants>`,
+//! whoever their subjects are, so a connection pays one pointer for its permissions, however long the lists.
+//! (The subject is not part of the grants: a connection keeps only a 32-bit hash of it, for refreshes.)
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,24 +33,17 @@ impl Pattern {
 /// The permissions of one verified token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Grants {
-    sub: Option<Box<str>>,
     subscribe: Box<[Pattern]>,
     publish: Box<[Pattern]>,
 }
 
 impl Grants {
     /// Grants from claim lists.
-    pub fn new(sub: Option<&str>, subscribe: &[String], publish: &[String]) -> Self {
+    pub fn new(subscribe: &[String], publish: &[String]) -> Self {
         Grants {
-            sub: sub.map(Into::into),
             subscribe: subscribe.iter().map(|p| Pattern::new(p)).collect(),
             publish: publish.iter().map(|p| Pattern::new(p)).collect(),
         }
-    }
-
-    /// The subject (`sub` claim), for logs; never used as a metric label.
-    pub fn subject(&self) -> Option<&str> {
-        self.sub.as_deref()
     }
 
     /// Whether the token may subscribe to `topic`.

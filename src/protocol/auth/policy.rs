@@ -98,6 +98,26 @@ pub struct Admitted {
     pub auth: ConnAuth,
     /// The subprotocol to answer with (`bearer` when the token came in `Sec-WebSocket-Protocol`).
     pub subprotocol: Option<&'static str>,
+    /// The token's subject, for the log line (not kept on the connection).
+    pub subject: Option<String>,
+}
+
+/// A verified token, as the server keeps it: interned grants, the expiry, and the subject for one log line.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// What the token allows (shared with every connection whose token allows the same).
+    pub grants: Arc<Grants>,
+    /// `exp` plus leeway, Unix seconds.
+    pub expires: u64,
+    /// The `sub` claim.
+    pub subject: Option<String>,
+}
+
+impl Authenticated {
+    /// The connection state this token gives.
+    pub fn into_conn_auth(self) -> ConnAuth {
+        ConnAuth::granted(self.grants, self.expires, self.subject.as_deref())
+    }
 }
 
 /// A server's auth settings, as decisions. Each worker holds its own copy (keys shared behind an `Arc`).
@@ -159,32 +179,38 @@ impl AuthPolicy {
         if !carrier::origin_ok(head, &self.allowed_origins, found.map(|(_, c)| c)) {
             return Err(Denied::BadOrigin);
         }
-        let off = Admitted { auth: ConnAuth::Off, subprotocol: None };
+        let off = Admitted { auth: ConnAuth::Off, subprotocol: None, subject: None };
         let token = match (self.mode, found) {
             (Mode::None, _) => return Ok(off),
             (Mode::PerMessage, _) if json => {
                 return Ok(Admitted {
                     auth: ConnAuth::PerMessage { cache: None, expires: u64::MAX },
                     subprotocol: None,
+                    subject: None,
                 })
             }
             (Mode::Message, None) => {
-                return Ok(Admitted { auth: ConnAuth::Awaiting { deadline: now + self.timeout }, subprotocol: None })
+                return Ok(Admitted {
+                    auth: ConnAuth::Awaiting { deadline: now + self.timeout },
+                    subprotocol: None,
+                    subject: None,
+                })
             }
             (_, None) => return Err(Denied::Unauthorized(AuthError::Missing)),
             (_, Some(found)) => found,
         };
-        let (grants, expires) = self.verify(token.0, unix, interner).map_err(Denied::Unauthorized)?;
+        let authed = self.verify(token.0, unix, interner).map_err(Denied::Unauthorized)?;
         let allowed = match need {
             Need::Connect => true,
-            Need::Subscribe(t) => grants.may_subscribe(t),
-            Need::Publish(t) => grants.may_publish(t),
+            Need::Subscribe(t) => authed.grants.may_subscribe(t),
+            Need::Publish(t) => authed.grants.may_publish(t),
         };
         if !allowed {
             return Err(Denied::Forbidden);
         }
         let subprotocol = (token.1 == Carrier::Subprotocol).then_some("bearer");
-        Ok(Admitted { auth: ConnAuth::Granted { grants, expires }, subprotocol })
+        let subject = authed.subject.clone();
+        Ok(Admitted { auth: authed.into_conn_auth(), subprotocol, subject })
     }
 
     /// Decides `POST /publish/{topic}`: the API key, or (with auth on) a token from `Authorization` or
@@ -215,18 +241,18 @@ impl AuthPolicy {
             .or_else(|| head.header("x-auth-token").map(str::trim))
             .filter(|t| !t.is_empty())
             .ok_or(Denied::Unauthorized(AuthError::Missing))?;
-        let (grants, _) = self.verify(token, unix, interner).map_err(Denied::Unauthorized)?;
-        if grants.may_publish(topic) {
+        let authed = self.verify(token, unix, interner).map_err(Denied::Unauthorized)?;
+        if authed.grants.may_publish(topic) {
             Ok(())
         } else {
             Err(Denied::Forbidden)
         }
     }
 
-    /// Verifies a token and interns its grants; returns them with the token's expiry (Unix seconds).
-    pub fn verify(&self, token: &str, unix: u64, interner: &mut Interner) -> Result<(Arc<Grants>, u64), AuthError> {
+    /// Verifies a token and interns its grants.
+    pub fn verify(&self, token: &str, unix: u64, interner: &mut Interner) -> Result<Authenticated, AuthError> {
         let v = self.verifier.verify(token, unix)?;
-        let grants = interner.intern(Grants::new(v.sub.as_deref(), &v.subscribe, &v.publish));
-        Ok((grants, v.expires))
+        let grants = interner.intern(Grants::new(&v.subscribe, &v.publish));
+        Ok(Authenticated { grants, expires: v.expires, subject: v.sub })
     }
 }

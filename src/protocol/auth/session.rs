@@ -27,8 +27,10 @@ pub enum ConnAuth {
     Granted {
         /// What the token allows.
         grants: Arc<Grants>,
-        /// The token's `exp` plus leeway.
-        expires: u64,
+        /// The token's `exp` plus leeway, in Unix seconds (saturated at `u32::MAX`, the year 2106).
+        expires: u32,
+        /// A hash of the token's `sub` ([`subject_hash`]): a refresh must carry the same subject.
+        subject: u32,
     },
     /// Per-message mode on `/ws`: every request carries a token.
     PerMessage {
@@ -73,7 +75,17 @@ impl Lapse {
     }
 }
 
+/// A 32-bit FNV-1a hash of a subject (0 for none), kept instead of the subject itself.
+pub fn subject_hash(sub: Option<&str>) -> u32 {
+    sub.map_or(0, |s| s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)))
+}
+
 impl ConnAuth {
+    /// Authenticated with `grants` until `expires` (Unix seconds), for subject `sub`.
+    pub fn granted(grants: Arc<Grants>, expires: u64, sub: Option<&str>) -> Self {
+        ConnAuth::Granted { grants, expires: u32::try_from(expires).unwrap_or(u32::MAX), subject: subject_hash(sub) }
+    }
+
     /// Whether requests may be acted on (false only while awaiting the auth message).
     pub fn is_open(&self) -> bool {
         !matches!(self, ConnAuth::Awaiting { .. })
@@ -92,9 +104,8 @@ impl ConnAuth {
         match self {
             ConnAuth::Off => None,
             ConnAuth::Awaiting { deadline } => (now >= *deadline).then_some(Lapse::Timeout),
-            ConnAuth::Granted { expires, .. } | ConnAuth::PerMessage { expires, .. } => {
-                (unix >= *expires).then_some(Lapse::Expired)
-            }
+            ConnAuth::Granted { expires, .. } => (unix >= u64::from(*expires)).then_some(Lapse::Expired),
+            ConnAuth::PerMessage { expires, .. } => (unix >= *expires).then_some(Lapse::Expired),
         }
     }
 

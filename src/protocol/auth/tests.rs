@@ -181,16 +181,32 @@ fn patterns_match_exact_names_and_trailing_wildcards_only() {
     assert!(!Pattern::new("user.42.*").matches("user.43.inbox"));
     assert!(Pattern::new("*").matches("anything"));
     assert!(!Pattern::new("a*b").matches("axb"), "only a trailing * is a wildcard");
-    let g = Grants::new(Some("u"), &["a.*".into()], &[]);
+    let g = Grants::new(&["a.*".into()], &[]);
     assert!(g.may_subscribe("a.b") && !g.may_publish("a.b"), "no publish claim, no publishing");
+}
+
+#[test]
+fn connections_of_different_subjects_with_the_same_patterns_share_grants() {
+    let p = policy(Mode::Handshake);
+    let mut i = Interner::default();
+    let claims = |sub: &str| json!({"sub": sub, "exp": NOW + 600, "subscribe": ["news"]});
+    let a = p.verify(&hs(claims("ann")), NOW, &mut i).expect("valid");
+    let b = p.verify(&hs(claims("ben")), NOW, &mut i).expect("valid");
+    assert!(Arc::ptr_eq(&a.grants, &b.grants));
+    let (ConnAuth::Granted { subject: sa, .. }, ConnAuth::Granted { subject: sb, .. }) =
+        (a.into_conn_auth(), b.into_conn_auth())
+    else {
+        panic!("granted")
+    };
+    assert_ne!(sa, sb, "the subjects still tell the connections apart for refreshes");
 }
 
 #[test]
 fn equal_grants_are_interned_to_one_allocation() {
     let mut i = Interner::default();
-    let a = i.intern(Grants::new(Some("u"), &["x".into()], &[]));
-    let b = i.intern(Grants::new(Some("u"), &["x".into()], &[]));
-    let c = i.intern(Grants::new(Some("v"), &["x".into()], &[]));
+    let a = i.intern(Grants::new(&["x".into()], &[]));
+    let b = i.intern(Grants::new(&["x".into()], &[]));
+    let c = i.intern(Grants::new(&["y".into()], &[]));
     assert!(Arc::ptr_eq(&a, &b));
     assert!(!Arc::ptr_eq(&a, &c));
     assert_eq!(i.len(), 2);
@@ -200,7 +216,7 @@ fn equal_grants_are_interned_to_one_allocation() {
 fn the_interner_forgets_grants_nobody_holds_when_it_grows() {
     let mut i = Interner::default();
     for n in 0..5000 {
-        drop(i.intern(Grants::new(Some(&n.to_string()), &[], &[])));
+        drop(i.intern(Grants::new(&[n.to_string()], &[])));
     }
     assert!(i.len() <= 2048, "swept: {}", i.len());
 }
@@ -282,7 +298,9 @@ fn handshake_mode_admits_valid_tokens_and_refuses_with_the_right_status() {
         NOW,
         &mut i,
     );
-    assert!(matches!(ok.expect("admitted").auth, ConnAuth::Granted { expires, .. } if expires == NOW + 630));
+    let ok = ok.expect("admitted");
+    assert!(matches!(ok.auth, ConnAuth::Granted { expires, .. } if u64::from(expires) == NOW + 630));
+    assert_eq!(ok.subject.as_deref(), Some("alice"));
     let missing = p.check_upgrade(&head(""), Need::Connect, false, now, NOW, &mut i).expect_err("no token");
     assert_eq!((missing.status(), missing.www_authenticate().as_deref()), (401, Some("Bearer realm=\"herald\"")));
     let forbidden = p
@@ -329,7 +347,7 @@ fn per_message_mode_admits_ws_without_a_token_but_not_raw_endpoints() {
 #[test]
 fn a_cached_per_message_token_is_reused_only_while_valid_and_only_for_its_exact_bytes() {
     let mut auth = ConnAuth::PerMessage { cache: None, expires: u64::MAX };
-    let g = Arc::new(Grants::new(None, &["*".into()], &[]));
+    let g = Arc::new(Grants::new(&["*".into()], &[]));
     auth.remember(b"tok", g.clone(), NOW + 10);
     assert!(auth.cached(b"tok", NOW + 9).is_some());
     assert!(auth.cached(b"tok", NOW + 10).is_none(), "expired");
