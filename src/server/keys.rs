@@ -85,7 +85,7 @@ pub fn build_policy(a: &Auth) -> Result<AuthPolicy, AuthSetupError> {
         cookie_name: a.cookie_name.clone(),
     };
     if mode != Mode::None && carriers.has(Carrier::Cookie) && a.allowed_origins.0.is_empty() {
-        tracing::warn!("auth: the cookie carrier is on but auth.allowed_origins is empty: cookie tokens from browsers will be refused");
+        tracing::info!("auth: cookie tokens are accepted only with an Origin listed in auth.allowed_origins (empty)");
     }
     let timeout: Duration = a.timeout.0;
     Ok(AuthPolicy::new(
