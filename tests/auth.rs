@@ -342,6 +342,7 @@ fn per_message_mode_checks_each_request_and_caches_a_repeated_token() {
     assert_eq!(r["code"], "unauthorized", "a request without its token is refused even after good ones: {r}");
     // Verified once (the forbidden subscribe), then from the cache: the good subscribe and five publishes.
     assert_eq!(srv.metric("herald_auth_cache_hits_total"), 6, "one verification, then the cache");
+    assert_eq!(srv.metric("herald_auth_checks_total{result=\"ok\"}"), 1, "the one signature check");
     // Raw endpoints authenticate at the upgrade in this mode.
     assert_eq!(upgrade_raw(&srv, "/sub/news", &[]).0, 401);
     assert_eq!(upgrade_raw(&srv, "/sub/news", &[("X-Auth-Token", &t)]).0, 101);

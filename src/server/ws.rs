@@ -250,6 +250,7 @@ impl Worker {
                     }
                     None => match self.auth.verify(token, unix, &mut self.grants) {
                         Ok(authed) => {
+                            self.metrics.inc(Metric::AuthOk);
                             conn.auth.remember(token.as_bytes(), authed.grants.clone(), authed.expires);
                             (authed.grants, authed.expires)
                         }
