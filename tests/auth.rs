@@ -421,3 +421,21 @@ fn before_the_auth_message_a_client_may_not_send_more_than_a_token_s_worth() {
     ws.send(Message::text(payload.clone())).expect("send");
     assert_eq!(text(&mut ws), payload);
 }
+
+#[test]
+fn a_per_message_ws_connection_that_never_brings_a_token_is_closed() {
+    let srv = server(&["--auth-mode", "per_message", "--auth-timeout", "1s"]);
+    let mut idle = connect(&srv.url("/ws"));
+    let r = json_request(&mut idle, json!({"type": "subscribe", "topic": "news", "id": 1}));
+    assert_eq!(r["code"], "unauthorized", "{r}");
+    let (code, reason) = expect_close(&mut idle);
+    assert_eq!((u16::from(code), reason.as_str()), (4401, "auth timeout"));
+    let mut busy = connect(&srv.url("/ws"));
+    let r =
+        json_request(&mut busy, json!({"type": "publish", "topic": "news", "data": 1, "token": good("lee"), "id": 2}));
+    assert_eq!(r, json!({"type": "ack", "id": 2}));
+    std::thread::sleep(Duration::from_millis(2500));
+    let r =
+        json_request(&mut busy, json!({"type": "publish", "topic": "news", "data": 2, "token": good("lee"), "id": 3}));
+    assert_eq!(r, json!({"type": "ack", "id": 3}), "a connection that brought a valid token stays");
+}

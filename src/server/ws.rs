@@ -213,7 +213,12 @@ impl Worker {
                 }
                 conn.auth = authed.into_conn_auth();
             }
-            ConnAuth::PerMessage { expires: held, .. } => *held = authed.expires,
+            ConnAuth::PerMessage { .. } => {
+                conn.auth.remember(token.as_bytes(), authed.grants.clone(), authed.expires);
+                if let ConnAuth::PerMessage { expires, .. } = &mut conn.auth {
+                    *expires = authed.expires;
+                }
+            }
         }
         self.metrics.inc(Metric::AuthOk);
         Ok(())

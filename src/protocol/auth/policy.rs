@@ -9,7 +9,8 @@
 //!   `auth.timeout`, else close 4401. A token presented in a carrier at the upgrade is checked as in
 //!   `handshake` mode and authenticates the connection at once.
 //! - `per_message`: raw endpoints authenticate at the upgrade as in `handshake` mode; on `/ws` every subscribe
-//!   and publish carries its own token.
+//!   and publish carries its own token, and a connection that brings no valid token within `auth.timeout` is
+//!   closed with 4401.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,10 +185,11 @@ impl AuthPolicy {
             (Mode::None, _) => return Ok(off),
             (Mode::PerMessage, _) if json => {
                 return Ok(Admitted {
-                    auth: ConnAuth::PerMessage { cache: None, expires: u64::MAX },
+                    // Anonymous until a request brings a valid token, for at most auth.timeout.
+                    auth: ConnAuth::PerMessage { cache: None, expires: unix + self.timeout.as_secs().max(1) },
                     subprotocol: None,
                     subject: None,
-                })
+                });
             }
             (Mode::Message, None) => {
                 return Ok(Admitted {

@@ -36,7 +36,9 @@ pub enum ConnAuth {
     PerMessage {
         /// The last token verified on this connection, reused while it is valid.
         cache: Option<Box<CachedToken>>,
-        /// When the earliest token that authorized a live subscription expires (`u64::MAX`: none does).
+        /// Until a first token verifies (`cache` is `None`): the deadline to present one (`auth.timeout` after
+        /// the upgrade). Then: when the earliest token that authorized a live subscription expires
+        /// (`u64::MAX`: none does).
         expires: u64,
     },
 }
@@ -105,6 +107,7 @@ impl ConnAuth {
             ConnAuth::Off => None,
             ConnAuth::Awaiting { deadline } => (now >= *deadline).then_some(Lapse::Timeout),
             ConnAuth::Granted { expires, .. } => (unix >= u64::from(*expires)).then_some(Lapse::Expired),
+            ConnAuth::PerMessage { cache: None, expires } => (unix >= *expires).then_some(Lapse::Timeout),
             ConnAuth::PerMessage { expires, .. } => (unix >= *expires).then_some(Lapse::Expired),
         }
     }
@@ -120,9 +123,13 @@ impl ConnAuth {
         }
     }
 
-    /// Remembers a verified per-message token (replacing the previous one).
+    /// Remembers a verified per-message token (replacing the previous one). The first one ends the deadline
+    /// to present a token.
     pub fn remember(&mut self, token: &[u8], grants: Arc<Grants>, expires: u64) {
-        if let ConnAuth::PerMessage { cache, .. } = self {
+        if let ConnAuth::PerMessage { cache, expires: held } = self {
+            if cache.is_none() {
+                *held = u64::MAX;
+            }
             match cache {
                 Some(c) if *c.token == *token => {
                     c.grants = grants;

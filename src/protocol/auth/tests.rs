@@ -383,3 +383,15 @@ fn auth_messages_are_recognised_and_nothing_else_is() {
         assert!(parse_auth_message(text).is_none(), "{:?}", String::from_utf8_lossy(text));
     }
 }
+
+#[test]
+fn a_per_message_connection_must_bring_a_valid_token_within_the_timeout() {
+    let p = policy(Mode::PerMessage);
+    let now = Instant::now();
+    let a = p.check_upgrade(&head_at("/ws", ""), Need::Connect, true, now, NOW, &mut Interner::default());
+    let mut auth = a.expect("admitted").auth;
+    assert_eq!(auth.lapsed(now, NOW + 4), None);
+    assert_eq!(auth.lapsed(now, NOW + 5), Some(Lapse::Timeout), "auth.timeout is 5 s");
+    auth.remember(b"tok", Arc::new(Grants::new(&[], &[])), NOW + 600);
+    assert_eq!(auth.lapsed(now, NOW + 100), None, "a verified token ends the deadline");
+}
