@@ -414,7 +414,7 @@ section! {
         audience: List = List::default(), flag = "auth-audience";
         /// Clock skew allowed on `exp` and `nbf` (default 30s).
         leeway: Dur = Dur(Duration::from_secs(30)), flag = "auth-leeway";
-        /// Message mode: time allowed for the auth message after the upgrade (default 5s).
+        /// Message and per-message modes: time allowed to authenticate after the upgrade (default 5s).
         timeout: Dur = Dur(Duration::from_secs(5)), flag = "auth-timeout";
         /// Where tokens are read from, tried in this order: authorization, x-auth-token, cookie, query,
         /// subprotocol (default: all).
