@@ -6,9 +6,14 @@
 //!   `kid`. This is the verification cost per authenticated handshake.
 //! - `auth/upgrade_check/bearer_hs256_subscribe`: `AuthPolicy::check_upgrade` in `handshake` mode on a parsed
 //!   `/sub/news` upgrade carrying `Authorization: Bearer <HS256 token>`: carrier lookup, `Origin` check,
-//!   verification, grant interning (a worker's persistent `Interner`, so the grants are already interned, as
+//!   verification, grant interning (a worker's persistent `WorkerAuth` with its token cache off, so the grants
+//!   are already interned but the signature is checked every time, as
 //!   for every connection after the first with the same claims) and the topic check. The full per-handshake
-//!   auth cost, parsing excluded (see `handshake/parse_validate_browser_upgrade`).
+//!   auth cost, parsing excluded (see `handshake/parse_validate_browser_upgrade`). Beside it,
+//!   `bearer_hs256_subscribe_seen_before`: the same with the worker's token cache on (the default), for a
+//!   token the worker has verified before (a reconnecting client).
+//! - `auth/verify_seen_before/RS256`: `AuthPolicy::verify` of an RS256 token the worker's cache holds: what a
+//!   reconnect storm costs per handshake instead of `auth/verify/RS256`.
 //! - `auth/per_message_cached/conn_auth_cached`: `ConnAuth::cached` on a per-message connection whose cache
 //!   holds the token, i.e. a repeated per-message token; beside it, `hashmap_lookup`: the same token bytes
 //!   looked up in a `HashMap<Vec<u8>, u64>` of 1000 tokens (std SipHash), the bar the cached check must not
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use herald::protocol::auth::policy::Need;
-use herald::protocol::auth::{AuthPolicy, Carriers, ClaimRules, ConnAuth, Grants, Interner, KeySet, Mode, Verifier};
+use herald::protocol::auth::{AuthPolicy, Carriers, ClaimRules, ConnAuth, Grants, KeySet, Mode, Verifier, WorkerAuth};
 use herald::protocol::handshake::parse_request;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -94,11 +99,11 @@ fn upgrade_check(c: &mut Criterion) {
         hs256("user-123")
     );
     let head = parse_request(request.as_bytes(), 8192).expect("valid").expect("complete");
-    let mut interner = Interner::default();
+    // Without the worker's token cache: every upgrade checks the signature.
+    let mut mem = WorkerAuth::new(0);
     let now = Instant::now();
-    let admitted =
-        policy.check_upgrade(&head, Need::Subscribe("news"), false, now, NOW, &mut interner).expect("admitted");
-    assert!(matches!(admitted.auth, ConnAuth::Granted { .. }));
+    let admitted = policy.check_upgrade(&head, Need::Subscribe("news"), false, now, NOW, &mut mem).expect("admitted");
+    assert!(matches!(admitted.auth, ConnAuth::Granted { .. }) && !admitted.cached);
     drop(admitted);
 
     let mut group = c.benchmark_group("auth/upgrade_check");
@@ -110,12 +115,41 @@ fn upgrade_check(c: &mut Criterion) {
                 false,
                 now,
                 black_box(NOW),
-                &mut interner,
+                &mut mem,
+            )
+        })
+    });
+    assert_eq!(mem.grants.len(), 1, "one set of claims, one interned grant");
+    // With it (the default): the same token again, as a reconnecting client brings it.
+    let mut cached = WorkerAuth::default();
+    let first = policy.check_upgrade(&head, Need::Subscribe("news"), false, now, NOW, &mut cached).expect("ok");
+    assert!(!first.cached);
+    group.bench_function("bearer_hs256_subscribe_seen_before", |b| {
+        b.iter(|| {
+            policy.check_upgrade(
+                black_box(&head),
+                black_box(Need::Subscribe("news")),
+                false,
+                now,
+                black_box(NOW),
+                &mut cached,
             )
         })
     });
     group.finish();
-    assert_eq!(interner.len(), 1, "one set of claims, one interned grant");
+}
+
+fn verify_seen_before(c: &mut Criterion) {
+    let policy =
+        AuthPolicy::new(Mode::Handshake, verifier(), Carriers::default(), vec![], None, Duration::from_secs(5));
+    let user = claims("user-123");
+    let rs256 = sign(Algorithm::RS256, Some("rsa-1"), &EncodingKey::from_rsa_pem(RSA_KEY).expect("rsa"), &user);
+    let mut mem = WorkerAuth::default();
+    assert!(!policy.verify(&rs256, NOW, &mut mem).expect("valid").cached);
+    assert!(policy.verify(&rs256, NOW, &mut mem).expect("valid").cached);
+    let mut group = c.benchmark_group("auth/verify_seen_before");
+    group.bench_function("RS256", |b| b.iter(|| policy.verify(black_box(&rs256), black_box(NOW), &mut mem)));
+    group.finish();
 }
 
 fn per_message_cached(c: &mut Criterion) {
@@ -152,5 +186,5 @@ fn grants(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify, upgrade_check, per_message_cached, grants);
+criterion_group!(benches, verify, verify_seen_before, upgrade_check, per_message_cached, grants);
 criterion_main!(benches);

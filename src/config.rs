@@ -431,6 +431,9 @@ section! {
         api_key_env: String = String::new(), flag = "auth-api-key-env";
         /// Largest token accepted (default 8KiB).
         max_token_size: Size = Size::kib(8), flag = "auth-max-token-size";
+        /// Verified tokens remembered per worker (about 40 bytes each), so a client reconnecting with the same
+        /// token skips the signature check; cleared on SIGHUP (default 65536; 0 turns it off).
+        token_cache: usize = crate::protocol::auth::cache::DEFAULT_CAPACITY, flag = "auth-token-cache";
     }
 }
 

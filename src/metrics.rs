@@ -78,7 +78,8 @@ series! {
     AuthUnauthorized => "herald_auth_checks_total", Counter, "result=\"unauthorized\"", "";
     AuthForbidden => "herald_auth_checks_total", Counter, "result=\"forbidden\"", "";
     AuthBadOrigin => "herald_auth_checks_total", Counter, "result=\"bad_origin\"", "";
-    AuthCacheHits => "herald_auth_cache_hits_total", Counter, "", "Per-message tokens accepted from the connection's cache (no signature check).";
+    AuthCacheHits => "herald_auth_cache_hits_total", Counter, "cache=\"per_message\"", "Tokens accepted without a signature check: a connection's per-message cache, or the worker's cache of verified tokens.";
+    AuthTokenCacheHits => "herald_auth_cache_hits_total", Counter, "cache=\"verified\"", "";
     AuthTimeouts => "herald_auth_closes_total", Counter, "reason=\"timeout\"", "Connections closed with 4401 by the server's clock, by reason.";
     AuthExpired => "herald_auth_closes_total", Counter, "reason=\"expired\"", "";
     KeyReloads => "herald_auth_key_reloads_total", Counter, "", "Key sets put in force by SIGHUP, counted per worker.";

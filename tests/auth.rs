@@ -341,7 +341,11 @@ fn per_message_mode_checks_each_request_and_caches_a_repeated_token() {
     let r = json_request(&mut ws, json!({"type": "publish", "topic": "news", "data": 0, "id": 99}));
     assert_eq!(r["code"], "unauthorized", "a request without its token is refused even after good ones: {r}");
     // Verified once (the forbidden subscribe), then from the cache: the good subscribe and five publishes.
-    assert_eq!(srv.metric("herald_auth_cache_hits_total"), 6, "one verification, then the cache");
+    assert_eq!(
+        srv.metric("herald_auth_cache_hits_total{cache=\"per_message\"}"),
+        6,
+        "one verification, then the cache"
+    );
     assert_eq!(srv.metric("herald_auth_checks_total{result=\"ok\"}"), 1, "the one signature check");
     // Raw endpoints authenticate at the upgrade in this mode.
     assert_eq!(upgrade_raw(&srv, "/sub/news", &[]).0, 401);
@@ -377,6 +381,13 @@ fn keys_rotate_on_sighup_without_a_restart() {
     srv.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(upgrade_raw(&srv, "/echo", &[("Authorization", &bearer)]).0, 101, "old keys kept");
+    // A key taken out is out at once, even for tokens the workers have verified (and cached) before.
+    std::fs::write(&jwks_path, only("ec-1")).expect("rewrite jwks");
+    srv.signal(libc::SIGHUP);
+    assert_eq!(srv.wait_metric("herald_auth_key_reloads_total", 4, Duration::from_secs(5)), 4);
+    for _ in 0..4 {
+        assert_eq!(upgrade_raw(&srv, "/echo", &[("Authorization", &bearer)]).0, 401, "ed-1 is gone");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -438,4 +449,21 @@ fn a_per_message_ws_connection_that_never_brings_a_token_is_closed() {
     let r =
         json_request(&mut busy, json!({"type": "publish", "topic": "news", "data": 2, "token": good("lee"), "id": 3}));
     assert_eq!(r, json!({"type": "ack", "id": 3}), "a connection that brought a valid token stays");
+}
+
+#[test]
+fn a_client_reconnecting_with_the_same_token_skips_the_signature_check() {
+    let secret = fixture("hs.secret");
+    let srv = Server::start(&["--workers", "1", "--auth-secret-file", &secret]);
+    let t = good("mia");
+    for _ in 0..5 {
+        assert_eq!(upgrade_raw(&srv, "/sub/news", &[("X-Auth-Token", &t)]).0, 101);
+    }
+    assert_eq!(srv.metric("herald_auth_cache_hits_total{cache=\"verified\"}"), 4, "verified once, then remembered");
+    assert_eq!(srv.metric("herald_auth_checks_total{result=\"ok\"}"), 5);
+    let off = Server::start(&["--workers", "1", "--auth-secret-file", &secret, "--auth-token-cache", "0"]);
+    for _ in 0..3 {
+        assert_eq!(upgrade_raw(&off, "/sub/news", &[("X-Auth-Token", &t)]).0, 101);
+    }
+    assert_eq!(off.metric("herald_auth_cache_hits_total{cache=\"verified\"}"), 0, "auth.token_cache = 0");
 }

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use herald::control;
 use herald::protocol::auth::policy::Need;
 use herald::protocol::auth::session::parse_auth_message;
-use herald::protocol::auth::{AuthPolicy, Carriers, ClaimRules, Interner, KeySet, Mode, Verifier};
+use herald::protocol::auth::{AuthPolicy, Carriers, ClaimRules, KeySet, Mode, Verifier, WorkerAuth};
 use herald::protocol::handshake;
 use proptest::prelude::*;
 
@@ -117,7 +117,7 @@ proptest! {
 
     #[test]
     fn token_verification_never_panics(token in token_like(), unix in any::<u64>()) {
-        let _ = policy().verify(&token, unix, &mut Interner::default());
+        let _ = policy().verify(&token, unix, &mut WorkerAuth::default());
     }
 
     #[test]
@@ -133,7 +133,7 @@ proptest! {
         );
         if let Ok(Some(head)) = handshake::parse_request(req.as_bytes(), 8192) {
             let p = policy();
-            let mut interner = Interner::default();
+            let mut interner = WorkerAuth::default();
             for need in [Need::Connect, Need::Subscribe("news"), Need::Publish("news")] {
                 if let Err(denied) = p.check_upgrade(&head, need, false, Instant::now(), 1_800_000_000, &mut interner) {
                     prop_assert!(matches!(denied.status(), 401 | 403));

@@ -200,10 +200,13 @@ impl Worker {
         };
         let admitted = self
             .auth
-            .check_upgrade(head, need, route == Route::Ws, self.now, unix_now(), &mut self.grants)
+            .check_upgrade(head, need, route == Route::Ws, self.now, unix_now(), &mut self.auth_mem)
             .map_err(Refusal::Auth)?;
         if let ConnAuth::Granted { .. } = &admitted.auth {
             self.metrics.inc(Metric::AuthOk);
+            if admitted.cached {
+                self.metrics.inc(Metric::AuthTokenCacheHits);
+            }
             tracing::debug!(worker = self.id, key, sub = admitted.subject.as_deref(), "authenticated at the upgrade");
         }
         let awaiting = !admitted.auth.is_open();
@@ -307,7 +310,7 @@ impl Worker {
             self.respond(key, 411, "text/plain", b"Content-Length required\n", true);
             return false;
         }
-        if let Err(denied) = self.auth.check_http_publish(head, name, unix_now(), &mut self.grants) {
+        if let Err(denied) = self.auth.check_http_publish(head, name, unix_now(), &mut self.auth_mem) {
             self.refuse_auth(key, &denied);
             return false;
         }

@@ -25,7 +25,7 @@ use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::metrics::{Counters, Metric, WorkerSlot};
 use crate::protocol::auth::session::Lapse;
-use crate::protocol::auth::{AuthPolicy, ConnAuth, Interner, CLOSE_UNAUTHORIZED};
+use crate::protocol::auth::{AuthPolicy, ConnAuth, WorkerAuth, CLOSE_UNAUTHORIZED};
 use crate::protocol::close::CloseCode;
 use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::ConnSettings;
@@ -87,8 +87,8 @@ pub struct Worker {
     pub(super) metrics: Counters,
     /// The auth policy (keys rotate by mesh message).
     pub(super) auth: AuthPolicy,
-    /// Grants interned for this worker's connections.
-    pub(super) grants: Interner,
+    /// Grants interned for this worker's connections, and the tokens it verified.
+    pub(super) auth_mem: WorkerAuth,
     pool: Vec<BytesMut>,
     pub(super) dirty: Vec<ConnKey>,
     read_again: Vec<ConnKey>,
@@ -218,7 +218,7 @@ impl Worker {
             settings,
             metrics: Counters::default(),
             auth,
-            grants: Interner::default(),
+            auth_mem: WorkerAuth::new(cfg.auth.token_cache),
             pool: Vec::new(),
             dirty: Vec::new(),
             read_again: Vec::new(),
@@ -337,6 +337,7 @@ impl Worker {
                     tracing::info!(worker = self.id, keys = keys.len(), "auth keys rotated");
                     sink.metrics.inc(Metric::KeyReloads);
                     self.auth.set_keys(keys);
+                    self.auth_mem.tokens.clear();
                 }
             }
         }

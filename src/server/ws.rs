@@ -10,7 +10,7 @@ use crate::broker::topic;
 use crate::control::{self, ControlRequest};
 use crate::metrics::Metric;
 use crate::protocol::auth::session::{self, subject_hash, AuthMessage};
-use crate::protocol::auth::{ConnAuth, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED};
+use crate::protocol::auth::{AuthError, Authenticated, ConnAuth, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED};
 use crate::protocol::close::CloseCode;
 use crate::protocol::conn::{Event, Message};
 use crate::protocol::frame::{self, OpCode};
@@ -142,7 +142,7 @@ impl Worker {
             self.close_ws(key, CLOSE_UNAUTHORIZED, "auth message required first");
             return;
         };
-        let authed = match self.auth.verify(&am.token, unix_now(), &mut self.grants) {
+        let authed = match self.verify_token(&am.token, unix_now()) {
             Ok(ok) => ok,
             Err(e) => {
                 self.metrics.inc(Metric::AuthUnauthorized);
@@ -194,7 +194,7 @@ impl Worker {
     /// and grants then replace the old ones. Returns the reason on failure.
     fn refresh(&mut self, key: ConnKey, token: &str) -> Result<(), &'static str> {
         let unix = unix_now();
-        let verified = self.auth.verify(token, unix, &mut self.grants);
+        let verified = self.verify_token(token, unix);
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
         let authed = match verified {
             Ok(ok) => ok,
@@ -253,9 +253,13 @@ impl Worker {
                         };
                         (g, expires)
                     }
-                    None => match self.auth.verify(token, unix, &mut self.grants) {
+                    // Fields, not `verify_token`: `conn` still borrows the slab.
+                    None => match self.auth.verify(token, unix, &mut self.auth_mem) {
                         Ok(authed) => {
                             self.metrics.inc(Metric::AuthOk);
+                            if authed.cached {
+                                self.metrics.inc(Metric::AuthTokenCacheHits);
+                            }
                             conn.auth.remember(token.as_bytes(), authed.grants.clone(), authed.expires);
                             (authed.grants, authed.expires)
                         }
@@ -279,6 +283,15 @@ impl Worker {
             conn.auth.hold_until(expires);
         }
         Ok(())
+    }
+
+    /// Verifies a token through the worker's cache, counting cache hits.
+    fn verify_token(&mut self, token: &str, unix: u64) -> Result<Authenticated, AuthError> {
+        let authed = self.auth.verify(token, unix, &mut self.auth_mem)?;
+        if authed.cached {
+            self.metrics.inc(Metric::AuthTokenCacheHits);
+        }
+        Ok(authed)
     }
 
     /// Closes a WebSocket with `code` and `reason` (the core sends the frame; the socket goes after the reply).

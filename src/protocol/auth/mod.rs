@@ -9,9 +9,11 @@
 //! - [`grants`]: what a token allows (`subscribe`/`publish` topic patterns), interned per worker.
 //! - [`carrier`]: where a token travels in an upgrade request, and the `Origin` check.
 //! - [`policy`]: the per-server decision: may this request upgrade, may this connection publish here.
+//! - [`cache`]: a worker's recently verified tokens, so a reconnecting client skips the signature check.
 //! - [`session`]: one connection's auth state (awaiting the auth message, granted until `exp`, per-message
 //!   token cache).
 
+pub mod cache;
 pub mod carrier;
 pub mod grants;
 pub mod keys;
@@ -25,7 +27,7 @@ mod tests;
 pub use carrier::{Carrier, Carriers};
 pub use grants::{Grants, Interner};
 pub use keys::{KeyError, KeySet};
-pub use policy::{AuthPolicy, Denied, Mode};
+pub use policy::{AuthPolicy, Authenticated, Denied, Mode, WorkerAuth};
 pub use session::ConnAuth;
 pub use verify::{AuthError, ClaimRules, Verified, Verifier};
 

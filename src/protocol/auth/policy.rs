@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
+use super::cache::{CachedVerification, TokenCache};
 use super::carrier::{self, Carrier, Carriers};
 use super::grants::{Grants, Interner};
 use super::keys::KeySet;
-use super::session::ConnAuth;
+use super::session::{subject_hash, ConnAuth};
 use super::verify::{AuthError, Verifier};
 use crate::protocol::handshake::RequestHead;
 
@@ -101,23 +102,49 @@ pub struct Admitted {
     pub subprotocol: Option<&'static str>,
     /// The token's subject, for the log line (not kept on the connection).
     pub subject: Option<String>,
+    /// Whether the worker's token cache answered.
+    pub cached: bool,
 }
 
-/// A verified token, as the server keeps it: interned grants, the expiry, and the subject for one log line.
+/// A verified token, as the server keeps it: interned grants, the expiry, and the subject.
 #[derive(Debug)]
 pub struct Authenticated {
     /// What the token allows (shared with every connection whose token allows the same).
     pub grants: Arc<Grants>,
     /// `exp` plus leeway, Unix seconds.
     pub expires: u64,
-    /// The `sub` claim.
+    /// The subject's hash ([`subject_hash`]).
+    pub subject_hash: u32,
+    /// The `sub` claim, for one log line (`None` when the token came from the cache).
     pub subject: Option<String>,
+    /// Whether the worker's token cache answered (no signature was checked).
+    pub cached: bool,
 }
 
 impl Authenticated {
     /// The connection state this token gives.
     pub fn into_conn_auth(self) -> ConnAuth {
-        ConnAuth::granted(self.grants, self.expires, self.subject.as_deref())
+        ConnAuth::Granted {
+            grants: self.grants,
+            expires: u32::try_from(self.expires).unwrap_or(u32::MAX),
+            subject: self.subject_hash,
+        }
+    }
+}
+
+/// A worker's own auth memory: its interned grants and the tokens it has verified.
+#[derive(Debug, Default)]
+pub struct WorkerAuth {
+    /// Grants shared by the worker's connections.
+    pub grants: Interner,
+    /// Tokens verified recently (`auth.token_cache`).
+    pub tokens: TokenCache,
+}
+
+impl WorkerAuth {
+    /// Memory with a token cache of `capacity` entries (0: no cache).
+    pub fn new(capacity: usize) -> Self {
+        WorkerAuth { grants: Interner::default(), tokens: TokenCache::new(capacity) }
     }
 }
 
@@ -174,13 +201,13 @@ impl AuthPolicy {
         json: bool,
         now: Instant,
         unix: u64,
-        interner: &mut Interner,
+        mem: &mut WorkerAuth,
     ) -> Result<Admitted, Denied> {
         let found = if self.mode == Mode::None { None } else { self.carriers.find(head) };
         if !carrier::origin_ok(head, &self.allowed_origins, found.map(|(_, c)| c)) {
             return Err(Denied::BadOrigin);
         }
-        let off = Admitted { auth: ConnAuth::Off, subprotocol: None, subject: None };
+        let off = Admitted { auth: ConnAuth::Off, subprotocol: None, subject: None, cached: false };
         let token = match (self.mode, found) {
             (Mode::None, _) => return Ok(off),
             (Mode::PerMessage, _) if json => {
@@ -189,6 +216,7 @@ impl AuthPolicy {
                     auth: ConnAuth::PerMessage { cache: None, expires: unix + self.timeout.as_secs().max(1) },
                     subprotocol: None,
                     subject: None,
+                    cached: false,
                 });
             }
             (Mode::Message, None) => {
@@ -196,12 +224,13 @@ impl AuthPolicy {
                     auth: ConnAuth::Awaiting { deadline: now + self.timeout },
                     subprotocol: None,
                     subject: None,
+                    cached: false,
                 })
             }
             (_, None) => return Err(Denied::Unauthorized(AuthError::Missing)),
             (_, Some(found)) => found,
         };
-        let authed = self.verify(token.0, unix, interner).map_err(Denied::Unauthorized)?;
+        let authed = self.verify(token.0, unix, mem).map_err(Denied::Unauthorized)?;
         let allowed = match need {
             Need::Connect => true,
             Need::Subscribe(t) => authed.grants.may_subscribe(t),
@@ -211,8 +240,8 @@ impl AuthPolicy {
             return Err(Denied::Forbidden);
         }
         let subprotocol = (token.1 == Carrier::Subprotocol).then_some("bearer");
-        let subject = authed.subject.clone();
-        Ok(Admitted { auth: authed.into_conn_auth(), subprotocol, subject })
+        let (subject, cached) = (authed.subject.clone(), authed.cached);
+        Ok(Admitted { auth: authed.into_conn_auth(), subprotocol, subject, cached })
     }
 
     /// Decides `POST /publish/{topic}`: the API key, or (with auth on) a token from `Authorization` or
@@ -223,7 +252,7 @@ impl AuthPolicy {
         head: &RequestHead,
         topic: &str,
         unix: u64,
-        interner: &mut Interner,
+        mem: &mut WorkerAuth,
     ) -> Result<(), Denied> {
         if let Some(key) = &self.api_key {
             let presented = head.headers_named("authorization").find_map(carrier::bearer);
@@ -243,7 +272,7 @@ impl AuthPolicy {
             .or_else(|| head.header("x-auth-token").map(str::trim))
             .filter(|t| !t.is_empty())
             .ok_or(Denied::Unauthorized(AuthError::Missing))?;
-        let authed = self.verify(token, unix, interner).map_err(Denied::Unauthorized)?;
+        let authed = self.verify(token, unix, mem).map_err(Denied::Unauthorized)?;
         if authed.grants.may_publish(topic) {
             Ok(())
         } else {
@@ -251,10 +280,25 @@ impl AuthPolicy {
         }
     }
 
-    /// Verifies a token and interns its grants.
-    pub fn verify(&self, token: &str, unix: u64, interner: &mut Interner) -> Result<Authenticated, AuthError> {
+    /// Verifies a token (or finds it in the worker's token cache) and interns its grants.
+    pub fn verify(&self, token: &str, unix: u64, mem: &mut WorkerAuth) -> Result<Authenticated, AuthError> {
+        if token.len() > self.verifier.rules().max_token_size {
+            return Err(AuthError::TooLarge);
+        }
+        if let Some(c) = mem.tokens.get(token.as_bytes(), unix) {
+            return Ok(Authenticated {
+                grants: c.grants.clone(),
+                expires: c.expires,
+                subject_hash: c.subject,
+                subject: None,
+                cached: true,
+            });
+        }
         let v = self.verifier.verify(token, unix)?;
-        let grants = interner.intern(Grants::new(&v.subscribe, &v.publish));
-        Ok(Authenticated { grants, expires: v.expires, subject: v.sub })
+        let grants = mem.grants.intern(Grants::new(&v.subscribe, &v.publish));
+        let subject_hash = subject_hash(v.sub.as_deref());
+        let entry = CachedVerification { grants: grants.clone(), expires: v.expires, subject: subject_hash };
+        mem.tokens.insert(token.as_bytes(), entry, unix);
+        Ok(Authenticated { grants, expires: v.expires, subject_hash, subject: v.sub, cached: false })
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::carrier::{self, Carrier, Carriers};
 use super::grants::{Grants, Interner, Pattern};
 use super::keys::{KeyError, KeySet};
-use super::policy::{AuthPolicy, Denied, Mode, Need};
+use super::policy::{AuthPolicy, Denied, Mode, Need, WorkerAuth};
 use super::session::{parse_auth_message, ConnAuth, Lapse};
 use super::verify::{AuthError, ClaimRules, Verifier};
 use crate::protocol::handshake::parse_request;
@@ -188,7 +188,7 @@ fn patterns_match_exact_names_and_trailing_wildcards_only() {
 #[test]
 fn connections_of_different_subjects_with_the_same_patterns_share_grants() {
     let p = policy(Mode::Handshake);
-    let mut i = Interner::default();
+    let mut i = WorkerAuth::default();
     let claims = |sub: &str| json!({"sub": sub, "exp": NOW + 600, "subscribe": ["news"]});
     let a = p.verify(&hs(claims("ann")), NOW, &mut i).expect("valid");
     let b = p.verify(&hs(claims("ben")), NOW, &mut i).expect("valid");
@@ -287,7 +287,7 @@ fn policy(mode: Mode) -> AuthPolicy {
 #[test]
 fn handshake_mode_admits_valid_tokens_and_refuses_with_the_right_status() {
     let p = policy(Mode::Handshake);
-    let mut i = Interner::default();
+    let mut i = WorkerAuth::default();
     let now = Instant::now();
     let token = hs(valid());
     let ok = p.check_upgrade(
@@ -320,7 +320,7 @@ fn the_subprotocol_carrier_is_answered_with_bearer() {
     let p = policy(Mode::Handshake);
     let token = hs(valid());
     let h = head(&format!("Sec-WebSocket-Protocol: bearer, {token}\r\n"));
-    let a = p.check_upgrade(&h, Need::Connect, false, Instant::now(), NOW, &mut Interner::default()).expect("ok");
+    let a = p.check_upgrade(&h, Need::Connect, false, Instant::now(), NOW, &mut WorkerAuth::default()).expect("ok");
     assert_eq!(a.subprotocol, Some("bearer"));
 }
 
@@ -328,7 +328,7 @@ fn the_subprotocol_carrier_is_answered_with_bearer() {
 fn message_mode_admits_without_a_token_but_awaits_one_until_the_timeout() {
     let p = policy(Mode::Message);
     let now = Instant::now();
-    let a = p.check_upgrade(&head(""), Need::Connect, false, now, NOW, &mut Interner::default()).expect("admitted");
+    let a = p.check_upgrade(&head(""), Need::Connect, false, now, NOW, &mut WorkerAuth::default()).expect("admitted");
     assert!(!a.auth.is_open());
     assert_eq!(a.auth.lapsed(now + Duration::from_secs(4), NOW), None);
     assert_eq!(a.auth.lapsed(now + Duration::from_secs(5), NOW), Some(Lapse::Timeout));
@@ -337,7 +337,7 @@ fn message_mode_admits_without_a_token_but_awaits_one_until_the_timeout() {
 #[test]
 fn per_message_mode_admits_ws_without_a_token_but_not_raw_endpoints() {
     let p = policy(Mode::PerMessage);
-    let mut i = Interner::default();
+    let mut i = WorkerAuth::default();
     let now = Instant::now();
     let ws = p.check_upgrade(&head_at("/ws", ""), Need::Connect, true, now, NOW, &mut i).expect("ws admitted");
     assert!(matches!(ws.auth, ConnAuth::PerMessage { .. }));
@@ -359,7 +359,7 @@ fn a_cached_per_message_token_is_reused_only_while_valid_and_only_for_its_exact_
 #[test]
 fn post_publish_takes_the_api_key_or_a_token_that_may_publish() {
     let p = policy(Mode::Handshake);
-    let mut i = Interner::default();
+    let mut i = WorkerAuth::default();
     let post = |extra: &str| head_at("/publish/chat", extra);
     assert!(p.check_http_publish(&post("Authorization: Bearer api-key-1\r\n"), "anything", NOW, &mut i).is_ok());
     let token = hs(valid());
@@ -388,10 +388,42 @@ fn auth_messages_are_recognised_and_nothing_else_is() {
 fn a_per_message_connection_must_bring_a_valid_token_within_the_timeout() {
     let p = policy(Mode::PerMessage);
     let now = Instant::now();
-    let a = p.check_upgrade(&head_at("/ws", ""), Need::Connect, true, now, NOW, &mut Interner::default());
+    let a = p.check_upgrade(&head_at("/ws", ""), Need::Connect, true, now, NOW, &mut WorkerAuth::default());
     let mut auth = a.expect("admitted").auth;
     assert_eq!(auth.lapsed(now, NOW + 4), None);
     assert_eq!(auth.lapsed(now, NOW + 5), Some(Lapse::Timeout), "auth.timeout is 5 s");
     auth.remember(b"tok", Arc::new(Grants::new(&[], &[])), NOW + 600);
     assert_eq!(auth.lapsed(now, NOW + 100), None, "a verified token ends the deadline");
+}
+
+#[test]
+fn a_token_seen_before_is_answered_by_the_worker_cache_until_it_expires() {
+    let p = policy(Mode::Handshake);
+    let mut mem = WorkerAuth::default();
+    let token = hs(valid());
+    let first = p.verify(&token, NOW, &mut mem).expect("valid");
+    let again = p.verify(&token, NOW + 1, &mut mem).expect("cached");
+    assert!(!first.cached && again.cached);
+    assert!(Arc::ptr_eq(&first.grants, &again.grants));
+    assert_eq!((again.expires, again.subject_hash), (first.expires, first.subject_hash));
+    assert_eq!(p.verify(&token, first.expires, &mut mem).map(|a| a.cached), Err(AuthError::Expired), "not past exp");
+    let mut other = token.clone();
+    other.push('x');
+    assert!(p.verify(&other, NOW, &mut mem).is_err(), "one byte more is another token, verified (and refused)");
+    mem.tokens.clear();
+    assert!(!p.verify(&token, NOW, &mut mem).expect("valid").cached, "cleared on rotation");
+    let mut off = WorkerAuth::new(0);
+    assert!(!p.verify(&token, NOW, &mut off).expect("valid").cached);
+    assert!(!p.verify(&token, NOW, &mut off).expect("valid").cached, "capacity 0: no cache");
+}
+
+#[test]
+fn the_worker_token_cache_stays_within_its_capacity() {
+    let p = policy(Mode::Handshake);
+    let mut mem = WorkerAuth::new(8);
+    for n in 0..20 {
+        let t = hs(json!({"sub": format!("u{n}"), "exp": NOW + 600}));
+        p.verify(&t, NOW, &mut mem).expect("valid");
+        assert!(mem.tokens.len() <= 8, "{} entries", mem.tokens.len());
+    }
 }
