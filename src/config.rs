@@ -367,6 +367,10 @@ section! {
         read_buffer: Size = Size::kib(16);
         /// Frames for one topic coalesced into one shared buffer per loop turn, up to this size (default 64KiB).
         coalesce_limit: Size = Size::kib(64);
+        /// Memory one worker may hold for partly received messages and request bodies, over all its connections
+        /// (default 256MiB; at least max_message_size); past it, the connection holding the most is closed
+        /// (1008 "receive budget exceeded", or 503 before the upgrade).
+        max_receive_memory: Size = Size::mib(256);
         /// Capacity of each worker's cross-worker inbox, in batches; when full, publishers feeding it are paused
         /// (default 4096).
         inbox_capacity: usize = 4096;
@@ -538,6 +542,9 @@ impl Config {
         if l.coalesce_limit.0 < 256 {
             return Err(invalid("limits.coalesce_limit", "must be at least 256 bytes"));
         }
+        if l.max_receive_memory < l.max_message_size {
+            return Err(invalid("limits.max_receive_memory", "must be at least limits.max_message_size"));
+        }
         if l.inbox_capacity == 0 {
             return Err(invalid("limits.inbox_capacity", "must be at least 1"));
         }
@@ -656,6 +663,9 @@ mod tests {
         assert!(err.to_string().contains("max_message_size"), "{err}");
         let err = Config::from_toml("[limits]\nmax_frame_size = \"2MiB\"\n", &cli(&[])).expect_err("frame > msg");
         assert!(err.to_string().contains("limits.max_frame_size"), "{err}");
+        let err =
+            Config::from_toml("[limits]\nmax_receive_memory = \"512KiB\"\n", &cli(&[])).expect_err("budget < msg");
+        assert!(err.to_string().contains("limits.max_receive_memory"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,7 @@ series! {
     InboxFull => "herald_inbox_full_total", Counter, "", "Times a cross-worker inbox was full and publishers were paused.";
     SubscriptionLimit => "herald_limit_hits_total", Counter, "limit=\"max_subscriptions\"", "Requests refused by a configured limit.";
     TopicLimit => "herald_limit_hits_total", Counter, "limit=\"max_topics_per_worker\"", "";
+    ReceiveMemoryLimit => "herald_limit_hits_total", Counter, "limit=\"max_receive_memory\"", "";
     Close1000 => "herald_close_codes_sent_total", Counter, "code=\"1000\"", "Close frames sent, by code.";
     Close1001 => "herald_close_codes_sent_total", Counter, "code=\"1001\"", "";
     Close1002 => "herald_close_codes_sent_total", Counter, "code=\"1002\"", "";
@@ -88,6 +89,7 @@ series! {
     Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
     Topics => "herald_topics", Gauge, "", "Topics known to the worker, per worker.";
     OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
+    ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
 }
 
 impl Metric {

@@ -174,6 +174,11 @@ impl Decoder {
         }
     }
 
+    /// Bytes of memory held for the message being reassembled (the buffer's capacity; 0 while idle).
+    pub fn buffered(&self) -> usize {
+        self.buffer.capacity()
+    }
+
     /// Whether no message is in progress (no fragment or partial payload held), so the caller may give its
     /// buffers back to a pool.
     pub fn is_idle(&self) -> bool {

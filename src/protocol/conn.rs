@@ -363,6 +363,11 @@ impl Connection {
         !self.decoder.is_idle()
     }
 
+    /// Bytes of memory held for the message being reassembled.
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
     /// Changes the frame and message size limits for what is decoded from now on (a server keeps them small
     /// until the client has authenticated, then restores the configured ones).
     pub fn set_limits(&mut self, limits: DecodeLimits) {

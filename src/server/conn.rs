@@ -81,6 +81,8 @@ pub struct Conn {
     pub auth: ConnAuth,
     /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`.
     pub flags: u8,
+    /// Receive memory (read buffer plus message reassembly) counted against the worker's budget.
+    pub held: u32,
 }
 
 impl Conn {
@@ -94,6 +96,7 @@ impl Conn {
             ip,
             auth: ConnAuth::Off,
             flags: 0,
+            held: 0,
         }
     }
 
@@ -108,6 +111,11 @@ impl Conn {
             Phase::WebSocket { core, .. } => Some(core),
             _ => None,
         }
+    }
+
+    /// Receive memory it holds now: its read buffer and the message its core is reassembling.
+    pub fn receive_memory(&self) -> usize {
+        self.rbuf.capacity() + self.core().map_or(0, Connection::buffered)
     }
 
     /// Whether everything is said and written: the socket can be shut down for writing.

@@ -90,6 +90,8 @@ pub struct Worker {
     /// Grants interned for this worker's connections, and the tokens it verified.
     pub(super) auth_mem: WorkerAuth,
     pool: Vec<BytesMut>,
+    /// Receive memory held by this worker's connections (the sum of their `held`).
+    recv_held: usize,
     pub(super) dirty: Vec<ConnKey>,
     read_again: Vec<ConnKey>,
     /// The inbox still held messages when this turn's budget ran out.
@@ -220,6 +222,7 @@ impl Worker {
             auth,
             auth_mem: WorkerAuth::new(cfg.auth.token_cache),
             pool: Vec::new(),
+            recv_held: 0,
             dirty: Vec::new(),
             read_again: Vec::new(),
             inbox_backlog: false,
@@ -517,6 +520,38 @@ impl Worker {
             let buf = std::mem::take(&mut conn.rbuf);
             self.give_back_buffer(buf);
         }
+        self.account_receive(key);
+    }
+
+    /// Re-counts what `key` holds for partly received input, and keeps the worker within
+    /// `max_receive_memory` by closing the connections that hold the most.
+    fn account_receive(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let now_held = u32::try_from(conn.receive_memory()).unwrap_or(u32::MAX);
+        self.recv_held = self.recv_held - conn.held as usize + now_held as usize;
+        conn.held = now_held;
+        let budget = self.cfg.limits.max_receive_memory.bytes();
+        while self.recv_held > budget {
+            let Some((victim, _)) = self.conns.iter().filter(|(_, c)| c.held > 0).max_by_key(|(_, c)| c.held) else {
+                break;
+            };
+            self.metrics.inc(Metric::ReceiveMemoryLimit);
+            tracing::debug!(worker = self.id, key = victim, held = self.recv_held, "receive budget exceeded");
+            let Some(conn) = self.conns.get_mut(victim) else { break };
+            match &mut conn.phase {
+                Phase::WebSocket { core, .. } => {
+                    // Say why, best effort, then free its memory at once.
+                    core.close(CloseCode::POLICY, "receive budget exceeded");
+                    self.flush_conn(victim);
+                }
+                Phase::Http { .. } => {
+                    let _ = std::io::Write::write(&mut conn.stream, RECEIVE_BUDGET);
+                    self.metrics.inc(Metric::Failed503);
+                }
+                Phase::Closing { .. } => {}
+            }
+            self.close_now(victim);
+        }
     }
 
     fn schedule_read(&mut self, key: ConnKey) {
@@ -678,6 +713,7 @@ impl Worker {
                 Endpoint::Echo | Endpoint::Pub(_) | Endpoint::SubPending(_) => {}
             }
         }
+        self.recv_held -= conn.held as usize;
         let buf = std::mem::take(&mut conn.rbuf);
         if buf.capacity() > 0 {
             self.give_back_buffer(buf);
@@ -736,6 +772,7 @@ impl Worker {
             }
         }
         self.metrics.set(Metric::OutboxBytes, queued);
+        self.metrics.set(Metric::ReceiveBytes, self.recv_held as u64);
         for key in expired {
             self.close_now(key);
         }
@@ -798,6 +835,10 @@ impl Worker {
 pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+/// What a client whose request body does not fit in the worker's receive budget is told.
+const RECEIVE_BUDGET: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 24\r\nConnection: close\r\n\r\nreceive budget exceeded\n";
 
 /// What a client that started a request but did not finish it within `handshake_timeout` is told.
 const REQUEST_TIMEOUT: &[u8] =
