@@ -57,15 +57,7 @@ fn upgrade_raw(srv: &Server, path: &str, headers: &[(&str, &str)]) -> (u16, Stri
     let mut s = TcpStream::connect(srv.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     s.write_all(req.as_bytes()).expect("write");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // A 101 keeps the socket open: stop at the end of the head.
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let mut buf = support::read_head(&mut s);
     if !buf.starts_with(b"HTTP/1.1 101") {
         let _ = s.read_to_end(&mut buf);
     }

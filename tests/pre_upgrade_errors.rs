@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{connect, parse_response, raw_exchange, Server};
+use support::{connect, parse_response, raw_exchange, read_head, Server};
 
 /// A valid `Sec-WebSocket-Key` (the one from RFC 6455 section 1.3).
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -28,15 +28,7 @@ fn head_of(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     // The server may answer (and close) before the whole request is written, e.g. on an oversized head.
     let _ = s.write_all(request);
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let (status, head, _) = parse_response(&buf);
+    let (status, head, _) = parse_response(&read_head(&mut s));
     (status, head)
 }
 

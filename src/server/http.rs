@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::conn::{Endpoint, Phase};
-use super::worker::{mark_dirty, unix_now, Worker};
+use super::worker::{mark_dirty, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
 use crate::metrics::{self, Metric};
@@ -200,7 +200,7 @@ impl Worker {
         };
         let admitted = self
             .auth
-            .check_upgrade(head, need, route == Route::Ws, self.now, unix_now(), &mut self.auth_mem)
+            .check_upgrade(head, need, route == Route::Ws, self.now, self.unix, &mut self.auth_mem)
             .map_err(Refusal::Auth)?;
         if let ConnAuth::Granted { .. } = &admitted.auth {
             self.metrics.inc(Metric::AuthOk);
@@ -310,7 +310,7 @@ impl Worker {
             self.respond(key, 411, "text/plain", b"Content-Length required\n", true);
             return false;
         }
-        if let Err(denied) = self.auth.check_http_publish(head, name, unix_now(), &mut self.auth_mem) {
+        if let Err(denied) = self.auth.check_http_publish(head, name, self.unix, &mut self.auth_mem) {
             self.refuse_auth(key, &denied);
             return false;
         }

@@ -97,6 +97,8 @@ pub struct Worker {
     /// The inbox still held messages when this turn's budget ran out.
     inbox_backlog: bool,
     pub(super) now: Instant,
+    /// Seconds since the Unix epoch at the start of this turn (for token expiry).
+    pub(super) unix: u64,
     next_tick: Instant,
     drain: Drain,
     drain_deadline: Option<Instant>,
@@ -227,6 +229,7 @@ impl Worker {
             read_again: Vec::new(),
             inbox_backlog: false,
             now,
+            unix: unix_now(),
             next_tick: now + TICK,
             drain: Drain::Running,
             drain_deadline: None,
@@ -247,6 +250,7 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
+            self.unix = unix_now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -725,7 +729,7 @@ impl Worker {
     /// Timers: handshake deadlines, pings, idle timeouts, close waits and lingers.
     fn tick(&mut self) {
         let now = self.now;
-        let unix = unix_now();
+        let unix = self.unix;
         let mut expired = Vec::new();
         let mut touched = Vec::new();
         let mut queued = 0u64;
@@ -832,7 +836,7 @@ impl Worker {
 }
 
 /// Seconds since the Unix epoch (for token expiry), from the system clock.
-pub(super) fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::conn::{Conn, Endpoint, Phase};
-use super::worker::{mark_dirty, unix_now, Sink, Worker};
+use super::worker::{mark_dirty, Sink, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind, TopicId};
 use crate::broker::topic;
 use crate::control::{self, ControlRequest};
@@ -40,7 +40,7 @@ impl Worker {
                     self.first_auth(key, &msg);
                     continue;
                 }
-                if !core.can_send() || conn.auth.lapsed(self.now, unix_now()).is_some() {
+                if !core.can_send() || conn.auth.lapsed(self.now, self.unix).is_some() {
                     continue;
                 }
                 if !matches!(endpoint, Endpoint::Json(_)) {
@@ -142,7 +142,7 @@ impl Worker {
             self.close_ws(key, CLOSE_UNAUTHORIZED, "auth message required first");
             return;
         };
-        let authed = match self.verify_token(&am.token, unix_now()) {
+        let authed = match self.verify_token(&am.token, self.unix) {
             Ok(ok) => ok,
             Err(e) => {
                 self.metrics.inc(Metric::AuthUnauthorized);
@@ -193,8 +193,7 @@ impl Worker {
     /// A fresh token for an authenticated connection: it must verify, and name the same subject; its expiry
     /// and grants then replace the old ones. Returns the reason on failure.
     fn refresh(&mut self, key: ConnKey, token: &str) -> Result<(), &'static str> {
-        let unix = unix_now();
-        let verified = self.verify_token(token, unix);
+        let verified = self.verify_token(token, self.unix);
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
         let authed = match verified {
             Ok(ok) => ok,
@@ -233,7 +232,7 @@ impl Worker {
         topic: &str,
         token: Option<&str>,
     ) -> Result<(), (&'static str, &'static str)> {
-        let unix = unix_now();
+        let unix = self.unix;
         let Some(conn) = self.conns.get_mut(key) else { return Err(("internal", "no connection")) };
         let (grants, expires) = match &conn.auth {
             ConnAuth::Off => return Ok(()),
@@ -244,30 +243,19 @@ impl Worker {
                     self.metrics.inc(Metric::AuthUnauthorized);
                     return Err(("unauthorized", "this request needs a token"));
                 };
-                match conn.auth.cached(token.as_bytes(), unix) {
-                    Some(g) => {
-                        self.metrics.inc(Metric::AuthCacheHits);
-                        let expires = match &conn.auth {
-                            ConnAuth::PerMessage { cache: Some(c), .. } => c.expires(),
-                            _ => u64::MAX,
-                        };
-                        (g, expires)
+                if let Some(hit) = conn.auth.cached(token.as_bytes(), unix) {
+                    self.metrics.inc(Metric::AuthCacheHits);
+                    hit
+                } else {
+                    let authed = self.verify_token(token, unix).map_err(|e| {
+                        self.metrics.inc(Metric::AuthUnauthorized);
+                        ("unauthorized", e.description())
+                    })?;
+                    self.metrics.inc(Metric::AuthOk);
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.auth.remember(token.as_bytes(), authed.grants.clone(), authed.expires);
                     }
-                    // Fields, not `verify_token`: `conn` still borrows the slab.
-                    None => match self.auth.verify(token, unix, &mut self.auth_mem) {
-                        Ok(authed) => {
-                            self.metrics.inc(Metric::AuthOk);
-                            if authed.cached {
-                                self.metrics.inc(Metric::AuthTokenCacheHits);
-                            }
-                            conn.auth.remember(token.as_bytes(), authed.grants.clone(), authed.expires);
-                            (authed.grants, authed.expires)
-                        }
-                        Err(e) => {
-                            self.metrics.inc(Metric::AuthUnauthorized);
-                            return Err(("unauthorized", e.description()));
-                        }
-                    },
+                    (authed.grants, authed.expires)
                 }
             }
         };
@@ -280,7 +268,9 @@ impl Worker {
             return Err(("forbidden", "topic not allowed"));
         }
         if action == Action::Subscribe {
-            conn.auth.hold_until(expires);
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.auth.hold_until(expires);
+            }
         }
         Ok(())
     }

@@ -137,6 +137,20 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) 
     parse_response(&buf)
 }
 
+/// Reads from `s` until a whole response head has arrived (or the server closes or times out); a 101 leaves
+/// the connection open, so reading to EOF would wait.
+pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
 /// Splits an HTTP response into (status, head, body).
 pub fn parse_response(buf: &[u8]) -> (u16, String, Vec<u8>) {
     let end = buf

@@ -60,13 +60,6 @@ pub enum Lapse {
     Expired,
 }
 
-impl CachedToken {
-    /// When the cached token stops being valid (Unix seconds).
-    pub fn expires(&self) -> u64 {
-        self.expires
-    }
-}
-
 impl Lapse {
     /// The close reason sent with 4401.
     pub fn reason(self) -> &'static str {
@@ -83,22 +76,9 @@ pub fn subject_hash(sub: Option<&str>) -> u32 {
 }
 
 impl ConnAuth {
-    /// Authenticated with `grants` until `expires` (Unix seconds), for subject `sub`.
-    pub fn granted(grants: Arc<Grants>, expires: u64, sub: Option<&str>) -> Self {
-        ConnAuth::Granted { grants, expires: u32::try_from(expires).unwrap_or(u32::MAX), subject: subject_hash(sub) }
-    }
-
     /// Whether requests may be acted on (false only while awaiting the auth message).
     pub fn is_open(&self) -> bool {
         !matches!(self, ConnAuth::Awaiting { .. })
-    }
-
-    /// The grants, when authenticated by a connection-wide token.
-    pub fn grants(&self) -> Option<&Arc<Grants>> {
-        match self {
-            ConnAuth::Granted { grants, .. } => Some(grants),
-            _ => None,
-        }
     }
 
     /// Whether the state has run out at `now` / `unix`.
@@ -112,12 +92,12 @@ impl ConnAuth {
         }
     }
 
-    /// The cached grants for `token`, when it is the cached one and still valid at `unix`: the cost of a
-    /// repeated per-message token is this byte comparison, not a signature check.
-    pub fn cached(&self, token: &[u8], unix: u64) -> Option<Arc<Grants>> {
+    /// The cached grants and expiry for `token`, when it is the cached one and still valid at `unix`: the cost
+    /// of a repeated per-message token is this byte comparison, not a signature check.
+    pub fn cached(&self, token: &[u8], unix: u64) -> Option<(Arc<Grants>, u64)> {
         match self {
             ConnAuth::PerMessage { cache: Some(c), .. } if unix < c.expires && *c.token == *token => {
-                Some(c.grants.clone())
+                Some((c.grants.clone(), c.expires))
             }
             _ => None,
         }
