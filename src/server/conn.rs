@@ -63,6 +63,10 @@ pub const READ_AGAIN: u8 = 4;
 pub const SHUT_WR: u8 = 8;
 /// Flag: the peer has closed its write side (EOF seen).
 pub const PEER_EOF: u8 = 16;
+/// Flag: the poller reported the peer's hang-up (FIN or reset): read to the end, whatever the read sizes.
+pub const PEER_HUP: u8 = 32;
+/// Flag: not read because its queued output is over `max_backpressure`; resumed when it drains.
+pub const READ_PAUSED: u8 = 64;
 
 /// A connection owned by one worker.
 #[derive(Debug)]
@@ -79,7 +83,7 @@ pub struct Conn {
     pub ip: IpAddr,
     /// Its auth state (`Off` when auth is not in force).
     pub auth: ConnAuth,
-    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`.
+    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`, `PEER_HUP`, `READ_PAUSED`.
     pub flags: u8,
     /// Receive memory (read buffer plus message reassembly) counted against the worker's budget.
     pub held: u32,

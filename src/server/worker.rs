@@ -19,7 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Endpoint, Phase, DIRTY, PEER_EOF, READ_AGAIN, SHUT_WR, WRITE_WAIT};
+use super::conn::{Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, WRITE_WAIT};
 use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
@@ -42,6 +42,8 @@ const READ_BUDGET: usize = 256 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// Spare read buffers kept per worker.
 const POOL_MAX: usize = 256;
+/// A partial request head up to this size is moved out of its read buffer between reads.
+const SMALL_PARTIAL: usize = 2048;
 
 /// State shared by every worker of a process: connection counts, the shutdown flag and the metric slots.
 /// Touched per connection (accept, close) and per scrape, never per message.
@@ -256,6 +258,13 @@ impl Worker {
                     LISTENER => self.accept_all(),
                     WAKER => {}
                     Token(key) => {
+                        if event.is_read_closed() || event.is_error() {
+                            // The peer's FIN or reset came, perhaps with the last data in the same segment: no
+                            // further edge will come, so this connection is read to the end from now on.
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.flags |= PEER_HUP;
+                            }
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(key);
                         }
@@ -445,21 +454,29 @@ impl Worker {
             self.schedule_read(key);
             return;
         }
+        let cap = self.cfg.limits.max_backpressure.bytes();
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.flags & PEER_EOF != 0 {
             return;
         }
-        if let Phase::WebSocket { .. } = conn.phase {
-            if conn.outbox.len_bytes() > self.cfg.limits.max_backpressure.bytes() {
-                // This peer's own replies (echoes, acks) are not being read: stop reading from it until they are.
-                return;
-            }
+        let over = conn.outbox.len_bytes() > cap;
+        if over && conn.flags & PEER_HUP == 0 {
+            // This peer's own replies (responses, echoes, acks) are not being read: stop reading from it until
+            // they are (flush_conn resumes). A peer that has hung up can add nothing past its socket buffer, so
+            // that one is still read, to see its EOF.
+            self.pause_reading(key);
+            return;
         }
-        let mut buf = std::mem::take(&mut conn.rbuf);
-        if buf.capacity() == 0 {
-            buf = self.take_buffer();
-        }
+        let resumed = !over && conn.flags & READ_PAUSED != 0;
+        conn.flags &= !READ_PAUSED;
         let read_size = self.cfg.limits.read_buffer.bytes();
+        let mut buf = std::mem::take(&mut conn.rbuf);
+        if buf.capacity() < read_size {
+            // Idle, or holding a small partial request head: read into a pooled buffer.
+            let mut pooled = self.take_buffer();
+            pooled.extend_from_slice(&buf);
+            buf = pooled;
+        }
         let mut total = 0;
         let mut eof = false;
         let mut failed = false;
@@ -479,8 +496,9 @@ impl Worker {
                 Ok(n) => {
                     buf.truncate(len + n);
                     total += n;
-                    if n < read_size {
-                        // Likely drained; the next edge will tell us if not.
+                    if n < read_size && conn.flags & PEER_HUP == 0 {
+                        // Likely drained; the next edge will tell us if not. (After a hang-up no edge comes:
+                        // read on to the EOF.)
                         break;
                     }
                 }
@@ -501,7 +519,7 @@ impl Worker {
         if total >= READ_BUDGET {
             self.schedule_read(key);
         }
-        if total > 0 {
+        if total > 0 || resumed {
             self.process(key);
         }
         let Some(conn) = self.conns.get_mut(key) else { return };
@@ -522,6 +540,12 @@ impl Worker {
         }
         if conn.rbuf.is_empty() && !conn.core().is_some_and(|c| c.is_receiving()) {
             let buf = std::mem::take(&mut conn.rbuf);
+            self.give_back_buffer(buf);
+        } else if matches!(conn.phase, Phase::Http { .. }) && conn.rbuf.len() <= SMALL_PARTIAL {
+            // A partial request head (a slow or trickling client): keep its bytes in a buffer of their size and
+            // hand the read buffer back, so that idle half-sent requests do not each hold a whole one.
+            let small = BytesMut::from(&conn.rbuf[..]);
+            let buf = std::mem::replace(&mut conn.rbuf, small);
             self.give_back_buffer(buf);
         }
         self.account_receive(key);
@@ -558,6 +582,16 @@ impl Worker {
         }
     }
 
+    /// Stops reading `key` until its queued output is back under `max_backpressure` (counted once per pause).
+    fn pause_reading(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.flags & READ_PAUSED == 0 {
+                conn.flags |= READ_PAUSED;
+                self.metrics.inc(Metric::ReadPauses);
+            }
+        }
+    }
+
     fn schedule_read(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.flags & READ_AGAIN == 0 {
@@ -582,6 +616,12 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else { return };
             match conn.phase {
                 Phase::Http { .. } => {
+                    if conn.outbox.len_bytes() > self.cfg.limits.max_backpressure.bytes() {
+                        // Pipelined requests whose responses are not being read: the rest waits (in the buffer
+                        // and the socket) until the responses drain.
+                        self.pause_reading(key);
+                        return;
+                    }
                     if !self.process_http(key) {
                         return;
                     }
@@ -615,45 +655,59 @@ impl Worker {
     }
 
     /// Pumps pending control frames into the outbox, writes what is queued, and handles the end of life.
+    ///
+    /// A pong waiting for room in the outbox is pumped again only after a write made progress: when the socket
+    /// is full it waits for the WRITABLE edge like any other byte (re-queueing the connection instead would
+    /// spin the worker on a peer that never reads).
     pub(super) fn flush_conn(&mut self, key: ConnKey) {
-        self.pump_control(key);
         let cap = self.cfg.limits.max_backpressure.bytes();
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let before = conn.outbox.len_bytes();
+        let mut before = None;
         loop {
-            match conn.outbox.write_to(&mut conn.stream) {
-                Ok(n) => {
-                    self.metrics.add(Metric::BytesOut, n as u64);
-                    self.metrics.inc(Metric::Writes);
-                    if conn.outbox.is_empty() || n == 0 {
+            self.move_control(key);
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let start = conn.outbox.len_bytes();
+            before.get_or_insert(start);
+            loop {
+                match conn.outbox.write_to(&mut conn.stream) {
+                    Ok(n) => {
+                        self.metrics.add(Metric::BytesOut, n as u64);
+                        self.metrics.inc(Metric::Writes);
+                        if conn.outbox.is_empty() || n == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if conn.flags & WRITE_WAIT == 0 {
+                            conn.flags |= WRITE_WAIT;
+                            let _ = self.poll.registry().reregister(
+                                &mut conn.stream,
+                                Token(key),
+                                Interest::READABLE | Interest::WRITABLE,
+                            );
+                        }
                         break;
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if conn.flags & WRITE_WAIT == 0 {
-                        conn.flags |= WRITE_WAIT;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(key),
-                            Interest::READABLE | Interest::WRITABLE,
-                        );
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.close_now(key);
+                        return;
                     }
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close_now(key);
-                    return;
                 }
             }
+            let progressed = conn.outbox.len_bytes() < start;
+            let pong_waiting = conn.core().is_some_and(|c| c.has_pending_control());
+            if !(progressed && pong_waiting) {
+                break;
+            }
         }
+        let before = before.unwrap_or(0);
+        let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.outbox.is_empty() && conn.flags & WRITE_WAIT != 0 {
             conn.flags &= !WRITE_WAIT;
             let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), Interest::READABLE);
         }
         let was_over = before > cap;
         let now_under = conn.outbox.len_bytes() <= cap;
-        let pending_control = conn.core().is_some_and(|c| c.has_pending_control());
         if conn.flags & PEER_EOF != 0 && conn.outbox.is_empty() {
             // The peer is gone and we have said everything we could.
             self.close_now(key);
@@ -663,23 +717,30 @@ impl Worker {
             conn.flags |= SHUT_WR;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
-        if was_over && now_under {
-            // Reading was paused while this peer's replies piled up.
+        if (was_over || conn.flags & READ_PAUSED != 0) && now_under {
+            // Reading was paused while this peer's replies piled up (read_conn clears the flag and goes on with
+            // what is already buffered).
             self.schedule_read(key);
         }
-        if pending_control && before > 0 {
-            // A pong was waiting for room that the write may have made.
+    }
+
+    /// Moves the core's pending control frames (pong, ping, close) into the outbox, and queues the connection
+    /// for this turn's flush if any moved.
+    pub(super) fn pump_control(&mut self, key: ConnKey) {
+        if self.move_control(key) {
             if let Some(conn) = self.conns.get_mut(key) {
                 mark_dirty(conn, key, &mut self.dirty);
             }
         }
     }
 
-    /// Moves the core's pending control frames (pong, ping, close) into the outbox.
-    pub(super) fn pump_control(&mut self, key: ConnKey) {
+    /// Moves the core's pending control frames into the outbox; a pong only while the outbox has room for it
+    /// under `max_backpressure`. Returns whether any moved.
+    fn move_control(&mut self, key: ConnKey) -> bool {
         let cap = self.cfg.limits.max_backpressure.bytes();
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Phase::WebSocket { core, .. } = &mut conn.phase else { return };
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let Phase::WebSocket { core, .. } = &mut conn.phase else { return false };
+        let mut moved = false;
         loop {
             let room = conn.outbox.len_bytes() + 131 <= cap;
             let Some(frame) = core.poll_control(self.now, &self.settings, room) else { break };
@@ -690,11 +751,9 @@ impl Worker {
                 }
             }
             conn.outbox.push(frame);
-            if conn.flags & DIRTY == 0 {
-                conn.flags |= DIRTY;
-                self.dirty.push(key);
-            }
+            moved = true;
         }
+        moved
     }
 
     /// Drops a connection at once: unsubscribes it, frees its slot.
