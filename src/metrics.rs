@@ -91,6 +91,7 @@ series! {
     Topics => "herald_topics", Gauge, "", "Topics known to the worker, per worker.";
     OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
+    PooledReadBuffers => "herald_read_buffers_pooled", Gauge, "", "Spare read buffers held by the worker's pool (shrinks back after load).";
 }
 
 impl Metric {

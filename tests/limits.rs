@@ -128,3 +128,36 @@ fn half_sent_post_bodies_past_the_worker_budget_get_503() {
     assert_eq!(server.metric("herald_limit_hits_total{limit=\"max_receive_memory\"}"), refused as u64);
     assert_eq!(server.metric("herald_publishes_total"), 0, "nothing half-received was published");
 }
+
+/// The worker's pool of spare read buffers grows under a burst (here 300 clients each holding half of an
+/// 8 KiB POST body) and shrinks back to its idle size once the buffers go unused, so memory comes back after
+/// load.
+#[test]
+fn the_read_buffer_pool_shrinks_back_after_a_burst() {
+    let server = Server::start(&["--workers", "1"]);
+    let body = vec![b'x'; 8192];
+    let mut request =
+        b"POST /publish/burst HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 8192\r\n\r\n".to_vec();
+    request.extend_from_slice(&body);
+    let half = request.len() / 2;
+    let mut clients: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            std::io::Write::write_all(&mut s, &request[..half]).expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &mut clients {
+        std::io::Write::write_all(s, &request[half..]).expect("write");
+    }
+    for s in &mut clients {
+        let head = support::read_head(s);
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    }
+    let pooled = server.wait_metric("herald_read_buffers_pooled", 256, Duration::from_secs(2));
+    assert_eq!(pooled, 256, "the burst's buffers are kept for reuse, up to the pool's bound");
+    let idle = server.wait_metric("herald_read_buffers_pooled", 16, Duration::from_secs(15));
+    assert_eq!(idle, 16, "unused spares are freed down to the idle size");
+}

@@ -13,6 +13,7 @@ pub mod http;
 pub mod keys;
 pub mod listener;
 pub mod outbox;
+pub mod pool;
 pub mod worker;
 mod ws;
 

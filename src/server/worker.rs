@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::conn::{Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, WRITE_WAIT};
+use super::pool::ReadPool;
 use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
@@ -40,9 +41,7 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const READ_BUDGET: usize = 256 * 1024;
 /// Timer resolution: handshake, idle, ping and close deadlines are checked this often.
 const TICK: Duration = Duration::from_millis(100);
-/// Spare read buffers kept per worker.
-const POOL_MAX: usize = 256;
-/// A partial request head up to this size is moved out of its read buffer between reads.
+/// A partial request head or frame up to this size is moved out of its read buffer between reads.
 const SMALL_PARTIAL: usize = 2048;
 
 /// State shared by every worker of a process: connection counts, the shutdown flag and the metric slots.
@@ -91,7 +90,7 @@ pub struct Worker {
     pub(super) auth: AuthPolicy,
     /// Grants interned for this worker's connections, and the tokens it verified.
     pub(super) auth_mem: WorkerAuth,
-    pool: Vec<BytesMut>,
+    pool: ReadPool,
     /// Receive memory held by this worker's connections (the sum of their `held`).
     recv_held: usize,
     pub(super) dirty: Vec<ConnKey>,
@@ -225,7 +224,7 @@ impl Worker {
             metrics: Counters::default(),
             auth,
             auth_mem: WorkerAuth::new(cfg.auth.token_cache),
-            pool: Vec::new(),
+            pool: ReadPool::new(cfg.limits.read_buffer.bytes(), now),
             recv_held: 0,
             dirty: Vec::new(),
             read_again: Vec::new(),
@@ -426,15 +425,11 @@ impl Worker {
     }
 
     fn take_buffer(&mut self) -> BytesMut {
-        self.pool.pop().unwrap_or_else(|| BytesMut::with_capacity(self.cfg.limits.read_buffer.bytes()))
+        self.pool.take()
     }
 
-    fn give_back_buffer(&mut self, mut buf: BytesMut) {
-        let size = self.cfg.limits.read_buffer.bytes();
-        buf.clear();
-        if self.pool.len() < POOL_MAX && buf.capacity() >= size / 2 && buf.capacity() <= size * 4 {
-            self.pool.push(buf);
-        }
+    fn give_back_buffer(&mut self, buf: BytesMut) {
+        self.pool.give(buf);
     }
 
     /// Reads what the socket has (up to the budget) and processes it.
@@ -541,9 +536,9 @@ impl Worker {
         if conn.rbuf.is_empty() && !conn.core().is_some_and(|c| c.is_receiving()) {
             let buf = std::mem::take(&mut conn.rbuf);
             self.give_back_buffer(buf);
-        } else if matches!(conn.phase, Phase::Http { .. }) && conn.rbuf.len() <= SMALL_PARTIAL {
-            // A partial request head (a slow or trickling client): keep its bytes in a buffer of their size and
-            // hand the read buffer back, so that idle half-sent requests do not each hold a whole one.
+        } else if conn.rbuf.len() <= SMALL_PARTIAL {
+            // A partial request head or frame header (a slow or trickling client): keep its bytes in a buffer of
+            // their size and hand the read buffer back, so that idle half-sent input does not hold a whole one.
             let small = BytesMut::from(&conn.rbuf[..]);
             let buf = std::mem::replace(&mut conn.rbuf, small);
             self.give_back_buffer(buf);
@@ -835,6 +830,8 @@ impl Worker {
             }
         }
         self.metrics.set(Metric::OutboxBytes, queued);
+        self.pool.trim(now);
+        self.metrics.set(Metric::PooledReadBuffers, self.pool.len() as u64);
         self.metrics.set(Metric::ReceiveBytes, self.recv_held as u64);
         for key in expired {
             self.close_now(key);
