@@ -34,6 +34,14 @@ pub enum ConfigError {
         /// toml's message, which names the key and line.
         message: String,
     },
+    /// An environment variable holds a value of the wrong form.
+    #[error("invalid value in environment variable {var}: {message}")]
+    Env {
+        /// The variable, e.g. `HERALD_LIMITS_MAX_MESSAGE_SIZE`.
+        var: String,
+        /// Why.
+        message: String,
+    },
     /// A value is well-formed but not allowed.
     #[error("invalid value for `{key}`: {message}")]
     Invalid {
@@ -135,6 +143,45 @@ impl fmt::Display for Dur {
     }
 }
 
+/// A listen address: `host:port`, where the host is an IP address (`127.0.0.1`, `[::1]`), a name resolved at
+/// start (`localhost`: its first IPv4 address, else its first address), or empty for every IPv4 address
+/// (`:8080` is `0.0.0.0:8080`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub SocketAddr);
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Listen(addr));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+            format!("`{s}` is not an address (host:port, e.g. 127.0.0.1:8080, localhost:8080, :8080)")
+        })?;
+        let port: u16 = port.parse().map_err(|_| format!("`{port}` in `{s}` is not a port number"))?;
+        if host.is_empty() {
+            return Ok(Listen(SocketAddr::from(([0, 0, 0, 0], port))));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| format!("cannot resolve `{host}` in `{s}`: {e}"))?
+            .collect();
+        found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| found.first())
+            .map(|a| Listen(*a))
+            .ok_or_else(|| format!("`{host}` in `{s}` resolves to no address"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What happens to a subscriber whose queued outbound bytes would pass `max_backpressure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
@@ -142,6 +189,15 @@ pub enum SlowConsumerPolicy {
     Close,
     /// Drop the new message for that subscriber only (counted in metrics).
     Drop,
+}
+
+impl fmt::Display for SlowConsumerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SlowConsumerPolicy::Close => "close",
+            SlowConsumerPolicy::Drop => "drop",
+        })
+    }
 }
 
 impl FromStr for SlowConsumerPolicy {
@@ -162,6 +218,15 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line.
     Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 impl FromStr for LogFormat {
@@ -256,6 +321,19 @@ pub enum AuthModeSetting {
     Fixed(crate::protocol::auth::Mode),
 }
 
+impl fmt::Display for AuthModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::protocol::auth::Mode;
+        f.write_str(match self {
+            AuthModeSetting::Auto => "auto",
+            AuthModeSetting::Fixed(Mode::None) => "none",
+            AuthModeSetting::Fixed(Mode::Handshake) => "handshake",
+            AuthModeSetting::Fixed(Mode::Message) => "message",
+            AuthModeSetting::Fixed(Mode::PerMessage) => "per_message",
+        })
+    }
+}
+
 impl FromStr for AuthModeSetting {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -287,7 +365,50 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting);
+deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting, Listen);
+
+/// How a setting's value is written in TOML (for `--check` and the generated example file).
+trait TomlValue {
+    fn toml(&self) -> String;
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+macro_rules! toml_bare {
+    ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { self.to_string() } } )*};
+}
+toml_bare!(usize, u64, bool);
+
+macro_rules! toml_quoted {
+    ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { toml_string(&self.to_string()) } } )*};
+}
+toml_quoted!(String, Size, Dur, Listen, CpuList, LogFormat, SlowConsumerPolicy, AuthModeSetting);
+
+impl TomlValue for List {
+    fn toml(&self) -> String {
+        let items: Vec<String> = self.0.iter().map(|s| toml_string(s)).collect();
+        format!("[{}]", items.join(", "))
+    }
+}
+
+/// The environment variable of `table.key`: `HERALD_LIMITS_MAX_MESSAGE_SIZE` for `limits.max_message_size`.
+pub fn env_var(table: &str, key: &str) -> String {
+    format!("HERALD_{}_{}", table.to_ascii_uppercase(), key.to_ascii_uppercase())
+}
 
 /// Declares one config section: the typed struct, its defaults, its TOML table and its CLI flags.
 macro_rules! section {
@@ -317,9 +438,40 @@ macro_rules! section {
         }
 
         impl $name {
-            fn merge(&mut self, file: Option<$file>, cli: &$args) {
+            /// The TOML table of this section.
+            fn table() -> String {
+                $heading.to_ascii_lowercase()
+            }
+
+            /// File, then environment (`HERALD_<SECTION>_<KEY>`), then flags, over what is already set.
+            fn merge(&mut self, file: Option<$file>, env: &dyn Fn(&str) -> Option<String>, cli: &$args)
+                -> Result<(), ConfigError>
+            {
                 if let Some(file) = file { $( if let Some(v) = file.$field { self.$field = v; } )* }
+                $(
+                    let var = env_var(&Self::table(), stringify!($field));
+                    if let Some(text) = env(&var) {
+                        self.$field = text
+                            .parse::<$ty>()
+                            .map_err(|e| ConfigError::Env { var, message: e.to_string() })?;
+                    }
+                )*
                 $( if let Some(v) = &cli.$field { self.$field = v.clone(); } )*
+                Ok(())
+            }
+
+            /// Appends this section as TOML, each key under its documentation when `docs`.
+            fn render(&self, out: &mut String, docs: bool) {
+                out.push_str(&format!("[{}]\n", Self::table()));
+                $(
+                    if docs {
+                        $( out.push_str(concat!("#", $doc, "\n")); )*
+                    }
+                    out.push_str(&format!("{} = {}\n", stringify!($field), self.$field.toml()));
+                    if docs {
+                        out.push('\n');
+                    }
+                )*
             }
         }
     };
@@ -328,8 +480,9 @@ macro_rules! section {
 section! {
     /// Where and how the server runs (`[server]`).
     ServerSettings, ServerFile, ServerArgs, "Server" {
-        /// Address to listen on (default 127.0.0.1:8080). Port 0 binds a free port shared by every worker.
-        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        /// Address to listen on (default 127.0.0.1:8080): IP:port, name:port (resolved at start) or :port (every
+        /// IPv4 address). Port 0 binds a free port shared by every worker.
+        listen: Listen = Listen(SocketAddr::from(([127, 0, 0, 1], 8080)));
         /// Worker threads, one event loop each (default 0 = one per available core).
         workers: usize = 0;
         /// CPUs to pin the workers to, e.g. `0,1` or `0-3` (default: all available, in order).
@@ -441,6 +594,17 @@ section! {
     }
 }
 
+/// The top of `herald.example.toml`.
+const EXAMPLE_HEADER: &str = "\
+# herald configuration: every key with its default, generated from the declarations in src/config.rs
+# (`herald --print-defaults > herald.example.toml`). Use with `herald --config FILE`.
+# Precedence: command-line flag, then environment variable, then this file, then the default.
+# Flag: --key-with-dashes (auth keys: --auth-key). Environment: HERALD_<SECTION>_<KEY>, e.g.
+# HERALD_LIMITS_MAX_MESSAGE_SIZE=4MiB. Secrets are never values here: name a file or a variable.
+# Sizes: 65536, 64KiB, 1MiB, 1GiB (KB/MB/GB are powers of ten). Durations: 500ms, 30s, 2m, 1h.
+
+";
+
 /// The whole configuration, after defaults, the file and the CLI have been merged and validated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
@@ -474,6 +638,13 @@ pub struct Cli {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Check the configuration (file, environment, flags), print the effective settings as TOML, and exit
+    /// without serving (status 0 when valid, 2 when not), like `nginx -t`.
+    #[arg(long)]
+    pub check: bool,
+    /// Print every key with its documentation and default as TOML (the example config file), and exit.
+    #[arg(long)]
+    pub print_defaults: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub server: ServerArgs,
@@ -489,28 +660,55 @@ pub struct Cli {
 }
 
 impl Config {
-    /// Builds the configuration: defaults, then the file named by `--config` (if any), then the flags.
+    /// Builds the configuration: defaults, then the file named by `--config` (if any), then the process
+    /// environment (`HERALD_<SECTION>_<KEY>`), then the flags.
     pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
         let file = match &cli.config {
             Some(path) => Some(read_file(path)?),
             None => None,
         };
-        Self::merge(file, cli)
+        Self::merge(file, &|var| std::env::var(var).ok(), cli)
     }
 
-    /// Builds the configuration from TOML text and flags (for tests and embedding).
+    /// Builds the configuration from TOML text and flags, ignoring the environment (for tests and embedding).
     pub fn from_toml(text: &str, cli: &Cli) -> Result<Config, ConfigError> {
-        let file = parse_file(text, Path::new("<inline>"))?;
-        Self::merge(Some(file), cli)
+        Self::from_sources(text, &|_| None, cli)
     }
 
-    fn merge(file: Option<ConfigFile>, cli: &Cli) -> Result<Config, ConfigError> {
+    /// Builds the configuration from TOML text, an environment (a look-up of variable names) and flags.
+    pub fn from_sources(text: &str, env: &dyn Fn(&str) -> Option<String>, cli: &Cli) -> Result<Config, ConfigError> {
+        let file = parse_file(text, Path::new("<inline>"))?;
+        Self::merge(Some(file), env, cli)
+    }
+
+    /// The settings as a TOML file, each key under its documentation when `docs` (what `--check` prints;
+    /// `Config::default().render(true)` is `herald.example.toml`).
+    pub fn render(&self, docs: bool) -> String {
+        let mut out = String::new();
+        if docs {
+            out.push_str(EXAMPLE_HEADER);
+        }
+        let gap = if docs { "" } else { "\n" };
+        self.server.render(&mut out, docs);
+        out.push_str(gap);
+        self.limits.render(&mut out, docs);
+        out.push_str(gap);
+        self.timeouts.render(&mut out, docs);
+        out.push_str(gap);
+        self.auth.render(&mut out, docs);
+        while out.ends_with("\n\n") {
+            out.pop();
+        }
+        out
+    }
+
+    fn merge(file: Option<ConfigFile>, env: &dyn Fn(&str) -> Option<String>, cli: &Cli) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         let file = file.unwrap_or_default();
-        config.server.merge(file.server, &cli.server);
-        config.limits.merge(file.limits, &cli.limits);
-        config.timeouts.merge(file.timeouts, &cli.timeouts);
-        config.auth.merge(file.auth, &cli.auth);
+        config.server.merge(file.server, env, &cli.server)?;
+        config.limits.merge(file.limits, env, &cli.limits)?;
+        config.timeouts.merge(file.timeouts, env, &cli.timeouts)?;
+        config.auth.merge(file.auth, env, &cli.auth)?;
         if cli.no_pin {
             config.server.pin = false;
         }
@@ -674,6 +872,58 @@ mod tests {
         let from_file = Config::from_toml(text, &cli(&[])).expect("example config parses");
         let defaults = Config::from_toml("", &cli(&[])).expect("defaults");
         assert_eq!(from_file, defaults);
+    }
+
+    #[test]
+    fn the_example_config_is_generated_from_the_declarations() {
+        let committed = include_str!("../herald.example.toml");
+        let generated = Config::default().render(true);
+        assert!(
+            committed.trim_end() == generated.trim_end(),
+            "herald.example.toml is out of date: run `cargo run -- --print-defaults > herald.example.toml`"
+        );
+    }
+
+    #[test]
+    fn effective_settings_print_as_toml_that_reads_back_the_same() {
+        let c = Config::from_toml(
+            "[limits]\nmax_message_size = \"4MiB\"\n[auth]\nissuer = [\"a\", \"b\\\"c\"]\n",
+            &cli(&[]),
+        )
+        .expect("valid");
+        let again = Config::from_toml(&c.render(false), &cli(&[])).expect("printed settings parse");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn environment_variables_sit_between_the_flags_and_the_file() {
+        let env = |var: &str| match var {
+            "HERALD_LIMITS_MAX_MESSAGE_SIZE" => Some("4MiB".to_string()),
+            "HERALD_SERVER_WORKERS" => Some("3".to_string()),
+            "HERALD_TIMEOUTS_PING_INTERVAL" => Some("7s".to_string()),
+            _ => None,
+        };
+        let toml = "[limits]\nmax_message_size = \"2MiB\"\n[server]\nworkers = 5\n";
+        let c = Config::from_sources(toml, &env, &cli(&["--workers", "2"])).expect("valid");
+        assert_eq!(c.limits.max_message_size, Size::mib(4), "the environment wins over the file");
+        assert_eq!(c.server.workers, 2, "the flag wins over the environment");
+        assert_eq!(c.timeouts.ping_interval.0, Duration::from_secs(7), "the environment wins over the default");
+        let bad = |var: &str| (var == "HERALD_LIMITS_MAX_BACKPRESSURE").then(|| "lots".to_string());
+        let err = Config::from_sources("", &bad, &cli(&[])).expect_err("a bad value");
+        assert!(err.to_string().contains("HERALD_LIMITS_MAX_BACKPRESSURE"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_take_names_and_an_empty_host() {
+        assert_eq!("127.0.0.1:8080".parse::<Listen>(), Ok(Listen(SocketAddr::from(([127, 0, 0, 1], 8080)))));
+        assert_eq!(":8080".parse::<Listen>(), Ok(Listen(SocketAddr::from(([0, 0, 0, 0], 8080)))));
+        assert_eq!("localhost:9000".parse::<Listen>(), Ok(Listen(SocketAddr::from(([127, 0, 0, 1], 9000)))));
+        assert_eq!("[::1]:80".parse::<Listen>().map(|l| l.0.is_ipv6()), Ok(true));
+        assert!("localhost".parse::<Listen>().is_err(), "a port is required");
+        assert!("localhost:http".parse::<Listen>().is_err());
+        assert!("no-such-host.invalid:80".parse::<Listen>().is_err());
+        let c = Config::from_toml("[server]\nlisten = \":0\"\n", &cli(&[])).expect("valid");
+        assert_eq!(c.server.listen.0, SocketAddr::from(([0, 0, 0, 0], 0)));
     }
 
     #[test]

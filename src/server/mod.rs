@@ -7,6 +7,8 @@
 //! - [`conn`]: one connection's socket, phase, buffer and outbox.
 //! - [`outbox`]: queued frames and the vectored write.
 //! - [`keys`]: reading the configured key material into the auth policy (at start and on SIGHUP).
+//! - [`pool`]: the worker's spare read buffers.
+//! - [`rlimit`]: raising the open-files limit at start.
 
 pub mod conn;
 pub mod http;
@@ -14,6 +16,7 @@ pub mod keys;
 pub mod listener;
 pub mod outbox;
 pub mod pool;
+pub mod rlimit;
 pub mod worker;
 mod ws;
 
@@ -30,7 +33,7 @@ use worker::{Shared, Worker, WAKER};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Binding the listen address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", bind_reason(source))]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -123,6 +126,14 @@ impl ServerHandle {
     }
 }
 
+fn bind_reason(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "address already in use (another herald, or another server, is listening there)".to_string()
+    } else {
+        e.to_string()
+    }
+}
+
 fn begin_shutdown(shared: &Shared, peers: &[PeerHandle]) {
     shared.draining.store(true, Ordering::SeqCst);
     for p in peers {
@@ -135,8 +146,8 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let cfg = Arc::new(cfg);
     let auth = keys::build_policy(&cfg.auth)?;
     let workers = cfg.server.workers;
-    let (listeners, addr) = listener::bind_all(cfg.server.listen, workers)
-        .map_err(|source| ServerError::Bind { addr: cfg.server.listen, source })?;
+    let (listeners, addr) = listener::bind_all(cfg.server.listen.0, workers)
+        .map_err(|source| ServerError::Bind { addr: cfg.server.listen.0, source })?;
     let mut polls = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
     for worker in 0..workers {
