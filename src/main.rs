@@ -53,7 +53,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("herald: {e:#}");
             ExitCode::from(1)
         }
     }

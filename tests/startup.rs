@@ -140,3 +140,76 @@ fn the_example_config_file_starts_a_server() {
     assert_eq!(code, 200);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// Refused upgrades are logged at `info` with status, reason, peer and path, never the token, and a flood of
+/// them is rate-limited; a close is logged at `debug` with its code.
+#[test]
+fn refusals_are_logged_without_tokens_and_rate_limited_and_closes_with_their_code() {
+    let mut child = herald()
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--no-pin"])
+        .env("RUST_LOG", "info,herald::server::worker=debug")
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = lines.next().expect("a line").expect("read");
+    let addr: std::net::SocketAddr =
+        line.strip_prefix("herald listening on ").expect("listening line").parse().expect("addr");
+    for _ in 0..200 {
+        let (code, _, _) =
+            raw_exchange(addr, b"GET /nowhere?token=SECRET-TOKEN HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(code, 404);
+    }
+    let mut ws = support::connect(&format!("ws://{addr}/echo"));
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Away,
+        reason: "bye".into(),
+    }))
+    .expect("close");
+    let _ = ws.read();
+    drop(ws);
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
+    let refusals: Vec<&str> = stderr.lines().filter(|l| l.contains("request refused")).collect();
+    assert!(!refusals.is_empty(), "{stderr}");
+    assert!(refusals.len() < 100, "a flood is rate-limited: {} lines", refusals.len());
+    assert!(refusals[0].contains("404") && refusals[0].contains("/nowhere") && refusals[0].contains("127.0.0.1"));
+    assert!(!stderr.contains("SECRET-TOKEN"), "the query string (and any token in it) is never logged");
+    let close = stderr.lines().find(|l| l.contains("websocket closed")).expect("a close line");
+    assert!(close.contains("1001") && close.contains("peer"), "{close}");
+}
+
+/// With `--log-format json` every log line is one JSON object, the "listening" event included; stdout keeps
+/// its one plain line for scripts.
+#[test]
+fn json_logs_are_json_on_every_line() {
+    let first = Server::start(&["--workers", "1"]);
+    let (status, stdout, stderr) = run(herald()
+        .args(["--listen", &first.addr.to_string(), "--log-format", "json", "--no-pin"])
+        .env("RUST_LOG", "info"));
+    assert_ne!(status, 0);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(!stderr.trim().is_empty());
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    let mut child = herald()
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--no-pin", "--workers", "1"])
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = lines.next().expect("a line").expect("read");
+    assert!(line.starts_with("herald listening on "), "{line}");
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
+    let listening = stderr.lines().find(|l| l.contains("herald listening")).expect("a listening event");
+    let v: serde_json::Value = serde_json::from_str(listening).expect("JSON");
+    assert!(v["fields"]["addr"].is_string(), "{listening}");
+}

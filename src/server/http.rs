@@ -83,6 +83,7 @@ impl Worker {
     /// again (the connection upgraded, or a keep-alive request was answered and more bytes wait).
     pub(super) fn process_http(&mut self, key: ConnKey) -> bool {
         let max_head = self.cfg.limits.max_request_head.bytes();
+        self.req_path.clear();
         let Some(conn) = self.conns.get_mut(key) else { return false };
         let head = match handshake::parse_request(&conn.rbuf, max_head) {
             Ok(None) => return false,
@@ -93,6 +94,7 @@ impl Worker {
             }
         };
         let route = Route::of(&head.path);
+        self.req_path.push_str(&head.path[..head.path.len().min(256)]);
         if route.is_websocket() {
             return match self.upgrade(key, &head, route) {
                 Ok(()) => true,
@@ -118,6 +120,7 @@ impl Worker {
     }
 
     fn refuse_request(&mut self, key: ConnKey, e: &HandshakeError) {
+        self.log_refusal(key, e.status(), &e.to_string());
         let mut out = Vec::with_capacity(192);
         e.write_response(&mut out);
         self.metrics.inc(Metric::failed_status(e.status()));
@@ -131,6 +134,7 @@ impl Worker {
             Denied::Forbidden => Metric::AuthForbidden,
             Denied::BadOrigin => Metric::AuthBadOrigin,
         });
+        self.log_refusal(key, denied.status(), &denied.reason());
         let challenge = denied.www_authenticate();
         let extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| ("WWW-Authenticate", c)).into_iter().collect();
         let body = format!("{}\n", denied.reason());
@@ -159,11 +163,27 @@ impl Worker {
         let mut out = Vec::with_capacity(128 + body.len());
         handshake::write_response_with_headers(&mut out, status, extra, content_type, body, close);
         if status >= 400 {
+            if !matches!(status, 401 | 403) {
+                self.log_refusal(key, status, String::from_utf8_lossy(body).trim_end());
+            }
             self.metrics.inc(Metric::failed_status(status));
         } else {
             self.metrics.inc(Metric::HttpRequests);
         }
         self.finish_with(key, out, close);
+    }
+
+    /// Logs a refused request at `info` (status, reason, peer, path; never the query, where tokens can be),
+    /// within the worker's budget of such lines.
+    fn log_refusal(&mut self, key: ConnKey, status: u16, reason: &str) {
+        let Some(suppressed) = self.refusal_log.allow(self.now) else { return };
+        let peer = self.conns.get(key).map(|c| c.ip);
+        let path = if self.req_path.is_empty() { "-" } else { self.req_path.as_str() };
+        if suppressed > 0 {
+            tracing::info!(worker = self.id, status, reason, peer = ?peer, path, suppressed, "request refused");
+        } else {
+            tracing::info!(worker = self.id, status, reason, peer = ?peer, path, "request refused");
+        }
     }
 
     fn finish_with(&mut self, key: ConnKey, response: Vec<u8>, close: bool) {

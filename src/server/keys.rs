@@ -88,14 +88,16 @@ pub fn build_policy(a: &Auth) -> Result<AuthPolicy, AuthSetupError> {
         tracing::info!("auth: cookie tokens are accepted only with an Origin listed in auth.allowed_origins (empty)");
     }
     let timeout: Duration = a.timeout.0;
-    Ok(AuthPolicy::new(
+    let mut policy = AuthPolicy::new(
         mode,
         Verifier::new(Arc::new(keys), rules),
         carriers,
         a.allowed_origins.0.clone(),
         api_key,
         timeout,
-    ))
+    );
+    policy.set_subjects_from_cache(tracing::enabled!(target: "herald::server::http", tracing::Level::DEBUG));
+    Ok(policy)
 }
 
 fn algorithms(names: &[String], key: &'static str) -> Result<Vec<jsonwebtoken::Algorithm>, AuthSetupError> {

@@ -8,12 +8,14 @@
 //! - [`outbox`]: queued frames and the vectored write.
 //! - [`keys`]: reading the configured key material into the auth policy (at start and on SIGHUP).
 //! - [`pool`]: the worker's spare read buffers.
+//! - [`loglimit`]: the budget of log lines clients can cause.
 //! - [`rlimit`]: raising the open-files limit at start.
 
 pub mod conn;
 pub mod http;
 pub mod keys;
 pub mod listener;
+pub mod loglimit;
 pub mod outbox;
 pub mod pool;
 pub mod rlimit;

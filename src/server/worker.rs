@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::conn::{Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, WRITE_WAIT};
+use super::loglimit::LogLimit;
 use super::pool::ReadPool;
 use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
@@ -29,7 +30,7 @@ use crate::protocol::auth::session::Lapse;
 use crate::protocol::auth::{AuthPolicy, ConnAuth, WorkerAuth, CLOSE_UNAUTHORIZED};
 use crate::protocol::close::CloseCode;
 use crate::protocol::codec::DecodeLimits;
-use crate::protocol::conn::ConnSettings;
+use crate::protocol::conn::{ConnSettings, Ending};
 use crate::protocol::Role;
 
 /// The listener's token.
@@ -41,6 +42,8 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const READ_BUDGET: usize = 256 * 1024;
 /// Timer resolution: handshake, idle, ping and close deadlines are checked this often.
 const TICK: Duration = Duration::from_millis(100);
+/// Refused requests logged per second per worker (the rest are counted in the next line that gets out).
+const REFUSAL_LOGS_PER_SECOND: u32 = 20;
 /// A partial request head or frame up to this size is moved out of its read buffer between reads.
 const SMALL_PARTIAL: usize = 2048;
 
@@ -107,6 +110,10 @@ pub struct Worker {
     peers_drained: usize,
     /// Connections not read while quiescing, read again once the WebSockets are closed.
     paused_reads: Vec<ConnKey>,
+    /// The path of the request being answered (no query string: tokens can be there), for refusal logs.
+    pub(super) req_path: String,
+    /// The budget of refusal log lines.
+    pub(super) refusal_log: LogLimit,
 }
 
 /// Where a worker is in the graceful shutdown.
@@ -236,6 +243,8 @@ impl Worker {
             drain_deadline: None,
             peers_drained: 0,
             paused_reads: Vec::new(),
+            req_path: String::new(),
+            refusal_log: LogLimit::new(REFUSAL_LOGS_PER_SECOND, now),
             cfg,
         })
     }
@@ -757,7 +766,17 @@ impl Worker {
             return;
         }
         let mut conn = self.conns.remove(key);
-        tracing::trace!(worker = self.id, key, ending = ?conn.core().and_then(|c| c.ending()), "connection closed");
+        if let Some(core) = conn.core() {
+            let (by, code) = match core.ending() {
+                Some(Ending::PeerClosed(code)) => ("peer", code.map_or(1005, |c| c.0)),
+                Some(Ending::WeClosed(code)) => ("server", code.0),
+                Some(Ending::Failed(e)) => ("server", e.close_code().0),
+                None => ("gone", 1006),
+            };
+            tracing::debug!(worker = self.id, key, peer = %conn.ip, by, code, "websocket closed");
+        } else {
+            tracing::trace!(worker = self.id, key, peer = %conn.ip, "connection closed");
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Phase::WebSocket { endpoint, .. } = &conn.phase {
             self.metrics.sub(Metric::WebSocketsOpen, 1);

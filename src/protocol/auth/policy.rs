@@ -157,6 +157,8 @@ pub struct AuthPolicy {
     allowed_origins: Vec<String>,
     api_key: Option<Arc<[u8]>>,
     timeout: Duration,
+    /// Read the subject of a token found in the worker's cache (which keeps only its hash), for the log.
+    subjects_from_cache: bool,
 }
 
 impl AuthPolicy {
@@ -169,7 +171,14 @@ impl AuthPolicy {
         api_key: Option<Arc<[u8]>>,
         timeout: Duration,
     ) -> Self {
-        AuthPolicy { mode, verifier, carriers, allowed_origins, api_key, timeout }
+        AuthPolicy { mode, verifier, carriers, allowed_origins, api_key, timeout, subjects_from_cache: false }
+    }
+
+    /// Whether a token found in the worker's cache still reports its subject (read from its payload, which
+    /// the cache hit has shown to be a token verified before). Costs a base64 decode per cached upgrade, so
+    /// the server turns it on only when its log would show the subject.
+    pub fn set_subjects_from_cache(&mut self, on: bool) {
+        self.subjects_from_cache = on;
     }
 
     /// No auth at all (the default when nothing is configured).
@@ -290,7 +299,7 @@ impl AuthPolicy {
                 grants: c.grants.clone(),
                 expires: c.expires,
                 subject_hash: c.subject,
-                subject: None,
+                subject: if self.subjects_from_cache { super::session::unverified_subject(token) } else { None },
                 cached: true,
             });
         }

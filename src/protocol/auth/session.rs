@@ -159,3 +159,35 @@ pub fn looks_like_auth(text: &[u8]) -> bool {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &text[i..]).unwrap_or(&[]);
     trimmed.first() == Some(&b'{') && text.windows(6).any(|w| w == b"\"auth\"")
 }
+
+/// The `sub` claim of a token's payload, read without checking the signature: only for a token already
+/// verified (a cache hit), to name it in the log.
+pub fn unverified_subject(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Sub {
+        sub: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice::<Sub>(&json).ok()?.sub
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_with_payload(json: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(json))
+    }
+
+    #[test]
+    fn the_subject_of_a_cached_token_is_read_from_its_payload() {
+        assert_eq!(unverified_subject(&token_with_payload(r#"{"sub":"alice","exp":1}"#)), Some("alice".into()));
+        assert_eq!(unverified_subject(&token_with_payload(r#"{"exp":1}"#)), None);
+        assert_eq!(unverified_subject("not a token"), None);
+        assert_eq!(unverified_subject("a.%%%.c"), None);
+    }
+}
