@@ -134,7 +134,7 @@ impl Worker {
             Denied::Forbidden => Metric::AuthForbidden,
             Denied::BadOrigin => Metric::AuthBadOrigin,
         });
-        self.log_refusal(key, denied.status(), &denied.reason());
+        self.log_refusal(key, denied.status(), denied.reason());
         let challenge = denied.www_authenticate();
         let extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| ("WWW-Authenticate", c)).into_iter().collect();
         let body = format!("{}\n", denied.reason());
