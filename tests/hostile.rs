@@ -44,7 +44,8 @@ impl Control {
         let stop_pub = stop.clone();
         let publisher = std::thread::spawn(move || {
             let mut seq = 0u64;
-            while !stop_pub.load(Ordering::Relaxed) {
+            // At least 50 (100 ms' worth), however quickly the attack is over.
+            while seq < 50 || !stop_pub.load(Ordering::Relaxed) {
                 seq += 1;
                 let sent_at = base.elapsed().as_micros() as u64;
                 let mut payload = seq.to_be_bytes().to_vec();
@@ -375,4 +376,59 @@ fn trickling_request_heads_hold_only_what_they_sent() {
     let mut answer = Vec::new();
     let _ = first.read_to_end(&mut answer);
     assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// Churn after the upgrade: WebSockets that subscribe and vanish with a reset are released at once.
+#[test]
+fn websockets_that_reset_after_the_upgrade_are_released_at_once() {
+    let server = Server::start(&["--workers", "1"]);
+    let control = Control::start(server.addr);
+    for i in 0..100 {
+        let ws = RawWs::connect(server.addr, &format!("/sub/churn{}", i % 10));
+        send_then_reset(ws.stream, &client_frame(0x81, b"last words", [1, 2, 3, 4]));
+    }
+    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
+    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+    assert!(
+        wait_until(Duration::from_secs(2), || server.metric("herald_subscriptions") == 1),
+        "their subscriptions are gone (the control subscriber's remains)"
+    );
+    control.assert_unharmed();
+}
+
+/// Partial messages: publishers that each send most of a large message and stall cannot make the worker hold
+/// more than `max_receive_memory`; the largest holders are closed with 1008 and everyone else carries on.
+#[test]
+fn stalled_partial_messages_are_bounded_by_the_receive_budget() {
+    let server = Server::start(&["--workers", "1", "--max-message-size", "64KiB", "--max-receive-memory", "1MiB"]);
+    let control = Control::start(server.addr);
+    let frame = client_frame(0x82, &vec![7u8; 60 * 1024], [1, 2, 3, 4]);
+    let mut stalled: Vec<RawWs> = (0..40)
+        .map(|_| {
+            let mut ws = RawWs::connect(server.addr, "/pub/partial");
+            ws.stream.write_all(&frame[..frame.len() - 1024]).expect("write");
+            ws
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = server.metric("herald_receive_buffer_bytes");
+    assert!(held <= 1024 * 1024, "the worker holds {held} bytes of partial messages");
+    assert!(server.metric("herald_limit_hits_total{limit=\"max_receive_memory\"}") > 0);
+    let closed = stalled
+        .iter_mut()
+        .map(|ws| close_code_within(ws, Duration::from_millis(200)))
+        .filter(|c| *c == Some(1008))
+        .count();
+    assert!(closed >= 20, "{closed} of 40 were closed with 1008");
+    control.assert_unharmed();
+}
+
+/// The code of a close frame that arrives within `timeout`, if one does (nothing else is expected).
+fn close_code_within(ws: &mut RawWs, timeout: Duration) -> Option<u16> {
+    ws.stream.set_read_timeout(Some(timeout)).expect("timeout");
+    let mut buf = [0u8; 256];
+    match ws.stream.read(&mut buf) {
+        Ok(n) if n >= 4 && buf[0] == 0x88 => Some(u16::from_be_bytes([buf[2], buf[3]])),
+        _ => None,
+    }
 }
