@@ -197,10 +197,7 @@ pub fn forwarded_client(head: &RequestHead, trusted: &dyn Fn(IpAddr) -> bool) ->
 
 /// The walk from the right: the first untrusted address, or the leftmost if all are trusted; `None` at the
 /// first entry that is not an address. Empty entries (`a,,b`) carry nothing and are passed over.
-fn rightmost_untrusted<'a>(
-    entries: impl Iterator<Item = &'a str>,
-    trusted: &dyn Fn(IpAddr) -> bool,
-) -> Option<IpAddr> {
+fn rightmost_untrusted<'a>(entries: impl Iterator<Item = &'a str>, trusted: &dyn Fn(IpAddr) -> bool) -> Option<IpAddr> {
     let mut leftmost = None;
     for entry in entries.filter(|e| !e.is_empty()) {
         let ip = node_address(entry)?.to_canonical();
