@@ -8,7 +8,7 @@
 //! `30s`, `2m`, `1h`. Invalid values fail at start with a message naming the key.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -311,6 +311,125 @@ impl<'de> Deserialize<'de> for List {
     }
 }
 
+/// One trusted proxy: an address (`127.0.0.1`, `::1`) or a CIDR block (`10.0.0.0/8`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address (host bits cleared).
+    pub addr: IpAddr,
+    /// The prefix length: at most 32 for IPv4, 128 for IPv6.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this block (an IPv4-mapped IPv6 address is read as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (s, None),
+        };
+        let ip: IpAddr = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block (e.g. 10.0.0.0/8, 127.0.0.1, ::1)"))?;
+        let ip = ip.to_canonical();
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("`{p}` in `{s}` is not a prefix length (0 to {max})")),
+            },
+        };
+        // Host bits are cleared: `10.1.2.3/8` is `10.0.0.0/8`.
+        let addr = match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let full = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == full {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// `server.trusted_proxies`: addresses and CIDR blocks, a TOML array or one comma-separated string
+/// (`"10.0.0.0/8, 127.0.0.1, ::1"`). Empty trusts nobody.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyList(pub Vec<Cidr>);
+
+impl ProxyList {
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl FromStr for ProxyList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::parse).collect::<Result<_, _>>().map(ProxyList)
+    }
+}
+
+impl fmt::Display for ProxyList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(Cidr::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let List(items) = List::deserialize(d)?;
+        items.join(",").parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl TomlValue for ProxyList {
+    fn toml(&self) -> String {
+        let items: Vec<String> = self.0.iter().map(|c| toml_string(&c.to_string())).collect();
+        format!("[{}]", items.join(", "))
+    }
+}
+
 /// `auth.mode`: `auto` (handshake when a key is configured, else none), `none`, `handshake`, `message` or
 /// `per_message`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +610,14 @@ section! {
         log_format: LogFormat = LogFormat::Human;
         /// Pin each worker to a core (default true; `--no-pin` turns it off).
         pin: bool = true;
+        /// Proxies whose word on the client's address is taken: IP addresses and CIDR blocks, e.g.
+        /// `10.0.0.0/8, 127.0.0.1, ::1` (default: empty, trust nobody). For a connection from one of them, the
+        /// client is the rightmost address in X-Forwarded-For (or Forwarded: for=) that is not itself trusted,
+        /// or, with proxy_protocol, the address in the PROXY header. The per-IP limit and the logs use it.
+        trusted_proxies: ProxyList = ProxyList::default();
+        /// Connections from a trusted proxy must start with a PROXY protocol header (v1 or v2) naming the
+        /// client; without a valid one they are closed (default false: X-Forwarded-For is read instead).
+        proxy_protocol: bool = false;
     }
 }
 
@@ -755,6 +882,9 @@ impl Config {
         if self.server.workers > 64 {
             return Err(invalid("server.workers", "at most 64 workers are supported"));
         }
+        if self.server.proxy_protocol && self.server.trusted_proxies.is_empty() {
+            return Err(invalid("server.proxy_protocol", "needs server.trusted_proxies (the proxies that send it)"));
+        }
         if self.timeouts.handshake_timeout.0.is_zero() {
             return Err(invalid("timeouts.handshake_timeout", "must be more than 0"));
         }
@@ -924,6 +1054,39 @@ mod tests {
         assert!("no-such-host.invalid:80".parse::<Listen>().is_err());
         let c = Config::from_toml("[server]\nlisten = \":0\"\n", &cli(&[])).expect("valid");
         assert_eq!(c.server.listen.0, SocketAddr::from(([0, 0, 0, 0], 0)));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_blocks_of_both_families() {
+        let c = Config::from_toml("[server]\ntrusted_proxies = \"10.0.0.0/8, 127.0.0.1, ::1\"\n", &cli(&[]))
+            .expect("valid");
+        let p = &c.server.trusted_proxies;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        assert!(p.contains(ip("10.200.3.4")) && p.contains(ip("127.0.0.1")) && p.contains(ip("::1")));
+        assert!(p.contains(ip("::ffff:10.0.0.1")), "an IPv4-mapped peer matches its IPv4 block");
+        assert!(!p.contains(ip("11.0.0.1")) && !p.contains(ip("127.0.0.2")) && !p.contains(ip("::2")));
+        let c = Config::from_toml("[server]\ntrusted_proxies = [\"fd00::/8\", \"0.0.0.0/0\"]\n", &cli(&[]))
+            .expect("an array works too");
+        assert!(c.server.trusted_proxies.contains(ip("fdab::1")) && c.server.trusted_proxies.contains(ip("8.8.8.8")));
+        assert_eq!("10.1.2.3/8".parse::<Cidr>().map(|c| c.to_string()), Ok("10.0.0.0/8".to_string()));
+        let c = Config::from_toml("", &cli(&["--trusted-proxies", "127.0.0.1", "--proxy-protocol", "true"]))
+            .expect("flags");
+        assert!(c.server.proxy_protocol && c.server.trusted_proxies.contains(ip("127.0.0.1")));
+        assert!(Config::from_toml("", &cli(&[])).expect("defaults").server.trusted_proxies.is_empty());
+        let err = Config::from_toml("", &cli(&["--proxy-protocol", "true"])).expect_err("no proxy to trust");
+        assert!(err.to_string().contains("server.proxy_protocol"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_is_refused_with_its_key() {
+        for bad in ["10.0.0.0/33", "::1/129", "10.0.0/8", "proxy.local", "10.0.0.0/-1", "10.0.0.0/"] {
+            let toml = format!("[server]\ntrusted_proxies = [\"{bad}\"]\n");
+            let err = Config::from_toml(&toml, &cli(&[])).expect_err(bad);
+            assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        }
+        let env = |var: &str| (var == "HERALD_SERVER_TRUSTED_PROXIES").then(|| "10.0.0.1, nope".to_string());
+        let err = Config::from_sources("", &env, &cli(&[])).expect_err("a bad value");
+        assert!(err.to_string().contains("HERALD_SERVER_TRUSTED_PROXIES") && err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

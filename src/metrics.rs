@@ -39,6 +39,7 @@ series! {
     RejectedPerIp => "herald_connections_rejected_total", Counter, "reason=\"max_connections_per_ip\"", "";
     RejectedDraining => "herald_connections_rejected_total", Counter, "reason=\"draining\"", "";
     HandshakeTimeouts => "herald_connections_rejected_total", Counter, "reason=\"handshake_timeout\"", "";
+    RejectedProxyHeader => "herald_connections_rejected_total", Counter, "reason=\"proxy_header\"", "";
     Upgrades => "herald_upgrades_total", Counter, "", "WebSocket upgrades completed (101 sent).";
     HttpRequests => "herald_http_requests_total", Counter, "", "Plain HTTP requests answered (healthz, metrics, publish).";
     Failed400 => "herald_handshakes_failed_total", Counter, "status=\"400\"", "Requests refused before the upgrade, by HTTP status.";

@@ -14,6 +14,7 @@
 //! - [`conn`]: the per-connection state machine (ping/pong, close handshake, timeouts).
 //! - [`error`]: protocol errors and the close code each one puts on the wire.
 //! - [`auth`]: JWT verification, token carriers, grants and per-connection auth state (unix time passed in).
+//! - [`proxy`]: the client address behind a proxy: PROXY protocol headers, `X-Forwarded-For`, `Forwarded`.
 
 pub mod auth;
 pub mod close;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod proxy;
 pub mod utf8;
 
 /// Which end of the connection this core plays. Servers expect masked frames and send unmasked ones;

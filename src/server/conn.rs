@@ -67,6 +67,9 @@ pub const PEER_EOF: u8 = 16;
 pub const PEER_HUP: u8 = 32;
 /// Flag: not read because its queued output is over `max_backpressure`; resumed when it drains.
 pub const READ_PAUSED: u8 = 64;
+/// Flag: the peer is a trusted proxy whose word on the client's address is still to be taken: the PROXY header
+/// it must send first (`proxy_protocol`; cleared once read), or the `X-Forwarded-For` of each request.
+pub const VIA_PROXY: u8 = 128;
 
 /// A connection owned by one worker.
 #[derive(Debug)]
@@ -79,11 +82,12 @@ pub struct Conn {
     pub rbuf: BytesMut,
     /// Frames to write.
     pub outbox: Outbox,
-    /// The peer's address (for the per-IP limit).
+    /// The client's address (for the per-IP limit and the logs): the TCP peer's, or the one a trusted proxy
+    /// named. Its per-address count is kept under this address.
     pub ip: IpAddr,
     /// Its auth state (`Off` when auth is not in force).
     pub auth: ConnAuth,
-    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`, `PEER_HUP`, `READ_PAUSED`.
+    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`, `PEER_HUP`, `READ_PAUSED`, `VIA_PROXY`.
     pub flags: u8,
     /// Receive memory (read buffer plus message reassembly) counted against the worker's budget.
     pub held: u32,

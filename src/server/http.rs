@@ -1,9 +1,11 @@
 //! Requests before (or instead of) the upgrade: routing, the WebSocket upgrade, `/healthz`, `/metrics` and
 //! `POST /publish/{topic}`, and every refusal with its proper HTTP status.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 
-use super::conn::{Endpoint, Phase};
+use super::conn::{Endpoint, Phase, VIA_PROXY};
 use super::worker::{mark_dirty, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
@@ -13,6 +15,7 @@ use crate::protocol::auth::{ConnAuth, Denied, Mode};
 use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::Connection;
 use crate::protocol::handshake::{self, HandshakeError, Method, RequestHead};
+use crate::protocol::proxy;
 
 /// Where a request path leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,9 @@ impl Worker {
         };
         let route = Route::of(&head.path);
         self.req_path.push_str(&head.path[..head.path.len().min(256)]);
+        if !self.take_forwarded_client(key, &head) {
+            return false;
+        }
         if route.is_websocket() {
             return match self.upgrade(key, &head, route) {
                 Ok(()) => true,
@@ -117,6 +123,40 @@ impl Worker {
             };
         }
         self.serve_http(key, &head, route)
+    }
+
+    /// For a request from a trusted proxy (when `proxy_protocol` is off), makes the client its
+    /// `X-Forwarded-For` (or `Forwarded`) names the connection's address, or the proxy's own when it names
+    /// none (each request on a kept-alive connection may come from another client). False when that client is
+    /// already at `max_connections_per_ip`: the request is answered 503.
+    fn take_forwarded_client(&mut self, key: ConnKey, head: &RequestHead) -> bool {
+        if self.cfg.server.proxy_protocol {
+            return true;
+        }
+        let Some(conn) = self.conns.get(key) else { return false };
+        if conn.flags & VIA_PROXY == 0 {
+            return true;
+        }
+        let proxies = &self.cfg.server.trusted_proxies;
+        let named = proxy::forwarded_client(head, &|ip| proxies.contains(ip));
+        let Some(client) = named.or_else(|| conn.stream.peer_addr().ok().map(|a| a.ip())) else { return true };
+        if self.adopt_client(key, client).is_err() {
+            self.refuse_over_limit(key, client);
+            return false;
+        }
+        true
+    }
+
+    /// Answers 503 for a client (named by a trusted proxy) already at `max_connections_per_ip`, and closes;
+    /// logged with the client's address (the connection's count stays with the proxy's until it goes).
+    pub(super) fn refuse_over_limit(&mut self, key: ConnKey, client: IpAddr) {
+        const WHY: &str = "per-address connection limit reached";
+        self.metrics.inc(Metric::RejectedPerIp);
+        self.metrics.inc(Metric::Failed503);
+        self.log_refusal_from(Some(client), 503, WHY);
+        let mut out = Vec::with_capacity(160);
+        handshake::write_response(&mut out, 503, "text/plain", format!("{WHY}\n").as_bytes(), true);
+        self.finish_with(key, out, true);
     }
 
     fn refuse_request(&mut self, key: ConnKey, e: &HandshakeError) {
@@ -176,8 +216,13 @@ impl Worker {
     /// Logs a refused request at `info` (status, reason, peer, path; never the query, where tokens can be),
     /// within the worker's budget of such lines.
     fn log_refusal(&mut self, key: ConnKey, status: u16, reason: &str) {
-        let Some(suppressed) = self.refusal_log.allow(self.now) else { return };
         let peer = self.conns.get(key).map(|c| c.ip);
+        self.log_refusal_from(peer, status, reason);
+    }
+
+    /// Logs a refused request from `peer`, within the budget.
+    fn log_refusal_from(&mut self, peer: Option<IpAddr>, status: u16, reason: &str) {
+        let Some(suppressed) = self.refusal_log.allow(self.now) else { return };
         let path = if self.req_path.is_empty() { "-" } else { self.req_path.as_str() };
         if suppressed > 0 {
             tracing::info!(worker = self.id, status, reason, peer = ?peer, path, suppressed, "request refused");

@@ -19,7 +19,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, WRITE_WAIT};
+use super::conn::{
+    Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, VIA_PROXY, WRITE_WAIT,
+};
 use super::loglimit::LogLimit;
 use super::pool::ReadPool;
 use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
@@ -31,6 +33,7 @@ use crate::protocol::auth::{AuthPolicy, ConnAuth, WorkerAuth, CLOSE_UNAUTHORIZED
 use crate::protocol::close::CloseCode;
 use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::{ConnSettings, Ending};
+use crate::protocol::proxy;
 use crate::protocol::Role;
 
 /// The listener's token.
@@ -395,10 +398,13 @@ impl Worker {
             refuse(&mut stream, &mut self.metrics, "connection limit reached");
             return;
         }
+        // A trusted proxy carries many clients: it is counted under its own address until it names the
+        // client, but not held to the per-address limit (its clients are, once named).
+        let via_proxy = !self.cfg.server.trusted_proxies.is_empty() && self.cfg.server.trusted_proxies.contains(ip);
         if limits.max_connections_per_ip > 0 {
             let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
-            if *n >= limits.max_connections_per_ip {
+            if *n >= limits.max_connections_per_ip && !via_proxy {
                 drop(per_ip);
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.inc(Metric::RejectedPerIp);
@@ -415,8 +421,11 @@ impl Worker {
             self.release_slot(ip);
             return;
         }
-        tracing::trace!(worker = self.id, key, %ip, "accepted");
-        entry.insert(Conn::new(stream, ip, self.now + self.cfg.timeouts.handshake_timeout.0));
+        tracing::trace!(worker = self.id, key, %ip, via_proxy, "accepted");
+        let conn = entry.insert(Conn::new(stream, ip, self.now + self.cfg.timeouts.handshake_timeout.0));
+        if via_proxy {
+            conn.flags |= VIA_PROXY;
+        }
         self.metrics.inc(Metric::ConnectionsOpen);
     }
 
@@ -424,11 +433,57 @@ impl Worker {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         if self.cfg.limits.max_connections_per_ip > 0 {
             let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
+            uncount(&mut per_ip, ip);
+        }
+    }
+
+    /// Makes `client` (named by the trusted proxy `key` came from) the connection's address: its per-address
+    /// count moves there from the address it had, if `client` is under `max_connections_per_ip`.
+    /// `Err(AtLimit)` leaves the address and the count where they were (the caller refuses the request).
+    pub(super) fn adopt_client(&mut self, key: ConnKey, client: IpAddr) -> Result<(), AtLimit> {
+        let limit = self.cfg.limits.max_connections_per_ip;
+        let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
+        if conn.ip == client {
+            return Ok(());
+        }
+        if limit > 0 {
+            let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if per_ip.get(&client).is_some_and(|&n| n >= limit) {
+                return Err(AtLimit);
+            }
+            uncount(&mut per_ip, conn.ip);
+            *per_ip.entry(client).or_insert(0) += 1;
+        }
+        tracing::debug!(worker = self.id, key, proxy = %conn.ip, client = %client, "client address from a proxy");
+        conn.ip = client;
+        Ok(())
+    }
+
+    /// With `proxy_protocol`, reads the PROXY header a trusted proxy must send first and takes the client
+    /// address from it. Returns true when the header is taken and the request after it can be processed; a
+    /// connection without a valid header is closed (counted, and logged within the refusal budget).
+    fn take_proxy_header(&mut self, key: ConnKey) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        match proxy::parse_header(&conn.rbuf) {
+            Ok(None) => false,
+            Ok(Some((used, client))) => {
+                let _ = conn.rbuf.split_to(used);
+                conn.flags &= !VIA_PROXY;
+                let Some(client) = client.map(|a| a.ip().to_canonical()) else { return true };
+                if self.adopt_client(key, client).is_err() {
+                    self.refuse_over_limit(key, client);
+                    return false;
                 }
+                true
+            }
+            Err(e) => {
+                let peer = conn.ip;
+                self.metrics.inc(Metric::RejectedProxyHeader);
+                if let Some(suppressed) = self.refusal_log.allow(self.now) {
+                    tracing::info!(worker = self.id, %peer, reason = %e, suppressed, "connection refused: no valid PROXY header");
+                }
+                self.close_now(key);
+                false
             }
         }
     }
@@ -620,6 +675,12 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else { return };
             match conn.phase {
                 Phase::Http { .. } => {
+                    if conn.flags & VIA_PROXY != 0 && self.cfg.server.proxy_protocol {
+                        if !self.take_proxy_header(key) {
+                            return;
+                        }
+                        continue;
+                    }
                     if conn.outbox.len_bytes() > self.cfg.limits.max_backpressure.bytes() {
                         // Pipelined requests whose responses are not being read: the rest waits (in the buffer
                         // and the socket) until the responses drain.
@@ -906,6 +967,20 @@ impl Worker {
                 conn.flags &= !READ_AGAIN;
             }
             self.schedule_read(key);
+        }
+    }
+}
+
+/// A client already at `max_connections_per_ip`.
+#[derive(Debug)]
+pub(super) struct AtLimit;
+
+/// Takes one connection off `ip`'s count.
+fn uncount(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
         }
     }
 }
