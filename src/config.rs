@@ -374,8 +374,9 @@ section! {
         /// Capacity of each worker's cross-worker inbox, in batches; when full, publishers feeding it are paused
         /// (default 4096).
         inbox_capacity: usize = 4096;
-        /// Deepest nesting of arrays and objects in a `/ws` request's `data` and `id` (default 64). Deeper gets an
-        /// invalid_request reply, so subscribers' parsers never meet deeper documents (serde_json stops at 128).
+        /// Deepest nesting of arrays and objects in a `/ws` request's `data` and `id` and in a JSON body of POST
+        /// /publish (default 64). Deeper gets an invalid_request reply (a 400 for the POST), so subscribers'
+        /// parsers never meet deeper documents (serde_json stops at 128).
         max_json_depth: usize = 64;
     }
 }
