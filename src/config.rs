@@ -654,6 +654,10 @@ section! {
         /// Capacity of each worker's cross-worker inbox, in batches; when full, publishers feeding it are paused
         /// (default 4096).
         inbox_capacity: usize = 4096;
+        /// Deepest nesting of arrays and objects in a `/ws` request's `data` and `id` and in a JSON body of POST
+        /// /publish (default 64). Deeper gets an invalid_request reply (a 400 for the POST), so subscribers'
+        /// parsers never meet deeper documents (serde_json stops at 128).
+        max_json_depth: usize = 64;
     }
 }
 
@@ -873,6 +877,9 @@ impl Config {
         if l.inbox_capacity == 0 {
             return Err(invalid("limits.inbox_capacity", "must be at least 1"));
         }
+        if l.max_json_depth == 0 {
+            return Err(invalid("limits.max_json_depth", "must be at least 1"));
+        }
         if l.max_connections == 0 {
             l.max_connections = default_max_connections();
         }
@@ -994,6 +1001,16 @@ mod tests {
         let err =
             Config::from_toml("[limits]\nmax_receive_memory = \"512KiB\"\n", &cli(&[])).expect_err("budget < msg");
         assert!(err.to_string().contains("limits.max_receive_memory"), "{err}");
+    }
+
+    #[test]
+    fn max_json_depth_defaults_to_64_and_must_be_at_least_1() {
+        assert_eq!(Config::from_toml("", &cli(&[])).expect("defaults").limits.max_json_depth, 64);
+        let c = Config::from_toml("[limits]\nmax_json_depth = 8\n", &cli(&[])).expect("valid");
+        assert_eq!(c.limits.max_json_depth, 8);
+        assert_eq!(Config::from_toml("", &cli(&["--max-json-depth", "3"])).expect("flag").limits.max_json_depth, 3);
+        let err = Config::from_toml("[limits]\nmax_json_depth = 0\n", &cli(&[])).expect_err("zero");
+        assert!(err.to_string().contains("limits.max_json_depth"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! carry `"token":"<jwt>"` too. Replies: `{"type":"ack","id":1}` or
 //! `{"type":"error","id":1,"code":"...","message":"..."}`; `id` is optional, any JSON value, echoed verbatim.
 //! Delivery: `{"type":"message","topic":"t","data":...}` (or `"data_b64":"..."` for binary raw publishes).
+//!
+//! `data` and `id` are kept as their raw JSON text and never built into values. serde_json skips a raw value
+//! without recursing and without its 128-level limit, so nesting is bounded here instead: a request whose
+//! `data` or `id` nests deeper than `limits.max_json_depth` is refused ([`json_depth_exceeds`], a byte scan),
+//! and no subscriber's parser is ever handed a document deeper than that.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -66,13 +71,16 @@ pub struct ControlError {
     pub code: &'static str,
     /// Human-readable detail.
     pub message: String,
+    /// The request was refused because `data` or `id` nests deeper than the configured depth (a limit hit).
+    pub too_deep: bool,
 }
 
 /// Parses one text message from a `/ws` client.
 ///
 /// Unknown fields are ignored, and fields that a request type does not use (`data` on a subscribe) are
-/// ignored too. `"id": null` is an id (echoed as `null`); a missing `id` is none.
-pub fn parse_request(text: &[u8]) -> Result<ControlRequest, ControlError> {
+/// ignored too. `"id": null` is an id (echoed as `null`); a missing `id` is none. A `data` or `id` with arrays
+/// and objects nested more than `max_depth` deep is an `invalid_request` (an `id` that deep is not echoed).
+pub fn parse_request(text: &[u8], max_depth: usize) -> Result<ControlRequest, ControlError> {
     // serde's derived struct also accepts a JSON array (fields by position); a request must be an object.
     if first_non_whitespace(text) != Some(b'{') {
         return Err(match serde_json::from_slice::<IgnoredAny>(text) {
@@ -85,11 +93,18 @@ pub fn parse_request(text: &[u8]) -> Result<ControlRequest, ControlError> {
         Err(e) if e.classify() == Category::Data => {
             // Valid JSON of the wrong shape: still echo the id if it can be read on its own.
             let id = serde_json::from_slice::<WireId>(text).ok().and_then(|w| w.id);
+            let id = id.filter(|id| !json_depth_exceeds(id.get(), max_depth));
             return Err(invalid_request(id, e.to_string()));
         }
         Err(e) => return Err(invalid_json(&e)),
     };
     let WireRequest { kind, topic, data, id, token } = wire;
+    if id.as_deref().is_some_and(|id| json_depth_exceeds(id.get(), max_depth)) {
+        return Err(too_deep(None, "id", max_depth));
+    }
+    if data.as_deref().is_some_and(|data| json_depth_exceeds(data.get(), max_depth)) {
+        return Err(too_deep(id, "data", max_depth));
+    }
     let Some(kind) = kind else {
         return Err(invalid_request(id, "missing field `type`".to_owned()));
     };
@@ -108,6 +123,7 @@ pub fn parse_request(text: &[u8]) -> Result<ControlRequest, ControlError> {
                 id,
                 code: UNKNOWN_TYPE,
                 message: "unknown type: expected subscribe, unsubscribe, publish or auth".to_owned(),
+                too_deep: false,
             })
         }
     };
@@ -163,16 +179,55 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
+/// Whether the JSON text `json` nests arrays and objects more than `max` deep (`1` is depth 0, `[1]` and `{}`
+/// depth 1). A byte scan that builds nothing: brackets inside strings are skipped, and the scan stops at the
+/// first bracket past `max`. `json` is expected to be valid JSON; for anything else the answer is meaningless
+/// but the scan still ends without panicking.
+pub fn json_depth_exceeds(json: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            // Multi-byte UTF-8 sequences are all bytes >= 0x80, so they never look like `"` or `\`.
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn first_non_whitespace(text: &[u8]) -> Option<u8> {
     text.iter().copied().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 fn invalid_json(e: &serde_json::Error) -> ControlError {
-    ControlError { id: None, code: INVALID_JSON, message: e.to_string() }
+    ControlError { id: None, code: INVALID_JSON, message: e.to_string(), too_deep: false }
 }
 
 fn invalid_request(id: Option<Box<RawValue>>, message: String) -> ControlError {
-    ControlError { id, code: INVALID_REQUEST, message }
+    ControlError { id, code: INVALID_REQUEST, message, too_deep: false }
+}
+
+fn too_deep(id: Option<Box<RawValue>>, field: &str, max_depth: usize) -> ControlError {
+    let message = format!("`{field}` nests arrays and objects more than {max_depth} deep (limits.max_json_depth)");
+    ControlError { id, code: INVALID_REQUEST, message, too_deep: true }
 }
 
 /// Writes `{"type":"ack","id":<id>}` (no `id` key when `id` is `None`).
@@ -255,12 +310,15 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
+    /// The default `limits.max_json_depth`.
+    const DEPTH: usize = 64;
+
     fn parse_ok(text: &str) -> ControlRequest {
-        parse_request(text.as_bytes()).expect("valid request")
+        parse_request(text.as_bytes(), DEPTH).expect("valid request")
     }
 
     fn parse_err(text: &[u8]) -> ControlError {
-        parse_request(text).expect_err("invalid request")
+        parse_request(text, DEPTH).expect_err("invalid request")
     }
 
     fn id_text(id: &Option<Box<RawValue>>) -> Option<&str> {
@@ -436,5 +494,78 @@ mod tests {
             written(|o| write_envelope_json(o, &topic, &data)),
             json!({"type":"message","topic":"a/b","data":[true,{"k":"vé"}]})
         );
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    fn publish_text(data: &str, id: &str) -> String {
+        format!(r#"{{"type":"publish","topic":"t","data":{data},"id":{id}}}"#)
+    }
+
+    #[test]
+    fn json_depth_counts_nested_arrays_and_objects_outside_strings() {
+        for (json, depth) in [
+            ("1", 0),
+            ("\"[{\"", 0),
+            ("[]", 1),
+            ("{}", 1),
+            (r#"{"a":[1,{"b":null}],"c":[]}"#, 3),
+            (r#"["\"[[", "\\", {"k]":"}\\\"{"}]"#, 2),
+            ("[[[\"é\"]]]", 3),
+        ] {
+            assert!(!json_depth_exceeds(json, depth), "{json} is {depth} deep");
+            if depth > 0 {
+                assert!(json_depth_exceeds(json, depth - 1), "{json} is more than {} deep", depth - 1);
+            }
+        }
+    }
+
+    /// `limits.max_json_depth`: `data` nested exactly the limit deep is published, one level more is an
+    /// `invalid_request` that still echoes the id.
+    #[test]
+    fn data_nested_past_max_depth_is_invalid_request_with_the_id() {
+        match parse_ok(&publish_text(&nested(DEPTH), "1")) {
+            ControlRequest::Publish { data, .. } => assert_eq!(data.get(), nested(DEPTH)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = parse_err(publish_text(&nested(DEPTH + 1), "1").as_bytes());
+        assert_eq!((err.code, err.too_deep, id_text(&err.id)), (INVALID_REQUEST, true, Some("1")));
+        assert!(err.message.contains("`data`") && err.message.contains("64"), "{}", err.message);
+        let object = format!("{}1{}", r#"{"k":"#.repeat(DEPTH + 1), "}".repeat(DEPTH + 1));
+        assert!(parse_err(publish_text(&object, "1").as_bytes()).too_deep, "objects count like arrays");
+    }
+
+    /// serde_json skips a raw value without its 128-level recursion limit, so before the depth check a
+    /// 100,000-deep `data` parsed fine and was published as it was.
+    #[test]
+    fn data_100000_deep_is_refused_without_building_it() {
+        let err = parse_err(publish_text(&nested(100_000), "7").as_bytes());
+        assert_eq!((err.code, err.too_deep, id_text(&err.id)), (INVALID_REQUEST, true, Some("7")));
+    }
+
+    #[test]
+    fn id_nested_past_max_depth_is_invalid_request_and_not_echoed() {
+        assert!(parse_request(publish_text("1", &nested(DEPTH)).as_bytes(), DEPTH).is_ok());
+        for text in [
+            publish_text("1", &nested(DEPTH + 1)),
+            format!(r#"{{"type":"subscribe","topic":"t","id":{}}}"#, nested(100_000)),
+        ] {
+            let err = parse_err(text.as_bytes());
+            assert_eq!((err.code, err.too_deep, err.id.is_none()), (INVALID_REQUEST, true, true));
+        }
+        // A request of the wrong shape echoes its id only when the id is within the limit.
+        let wrong_shape = |id: &str| format!(r#"{{"type":"subscribe","topic":5,"id":{id}}}"#);
+        assert_eq!(id_text(&parse_err(wrong_shape(&nested(DEPTH)).as_bytes()).id), Some(nested(DEPTH).as_str()));
+        assert!(parse_err(wrong_shape(&nested(DEPTH + 1)).as_bytes()).id.is_none());
+    }
+
+    #[test]
+    fn the_depth_limit_is_the_callers() {
+        assert!(parse_request(publish_text(&nested(3), "1").as_bytes(), 3).is_ok());
+        assert!(parse_request(publish_text(&nested(4), "1").as_bytes(), 3).is_err());
+        assert!(parse_request(publish_text("[]", "1").as_bytes(), 0).is_err());
+        assert!(parse_request(publish_text("\"x\"", "1").as_bytes(), 0).is_ok());
     }
 }

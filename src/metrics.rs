@@ -65,6 +65,7 @@ series! {
     SubscriptionLimit => "herald_limit_hits_total", Counter, "limit=\"max_subscriptions\"", "Requests refused by a configured limit.";
     TopicLimit => "herald_limit_hits_total", Counter, "limit=\"max_topics_per_worker\"", "";
     ReceiveMemoryLimit => "herald_limit_hits_total", Counter, "limit=\"max_receive_memory\"", "";
+    JsonDepthLimit => "herald_limit_hits_total", Counter, "limit=\"max_json_depth\"", "";
     ReadPauses => "herald_read_pauses_total", Counter, "", "Times reading from a connection was paused because its own queued replies passed max_backpressure.";
     Close1000 => "herald_close_codes_sent_total", Counter, "code=\"1000\"", "Close frames sent, by code.";
     Close1001 => "herald_close_codes_sent_total", Counter, "code=\"1001\"", "";

@@ -186,6 +186,24 @@ fn bad_tokens_are_refused_with_401_before_the_upgrade_and_keep_no_slot() {
     assert_eq!(srv.wait_metric("herald_websockets_open", 0, Duration::from_secs(5)), 0, "no slot kept");
 }
 
+/// RFC 7515 section 4.1.11: a token whose `crit` header names an extension herald does not understand is
+/// invalid, however well signed; the upgrade is refused with 401 and the reason. Without `crit` the same token
+/// is admitted.
+#[test]
+fn a_token_with_a_crit_header_naming_an_unknown_extension_gets_401() {
+    let srv = server(&[]);
+    let claims = json!({"sub": "a", "exp": now() + 600, "subscribe": ["*"]});
+    for (crit, param, value) in [("exp", "exp", json!(now() + 600)), ("foo", "foo", json!("bar"))] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.extras.insert("crit", json!([crit]));
+        header.extras.insert(param, value);
+        let critical = encode(&header, &claims, &EncodingKey::from_secret(SECRET)).expect("sign");
+        let bearer = format!("Bearer {critical}");
+        assert_401(&srv, "/sub/news", &[("Authorization", &bearer)], "unsupported critical header parameter");
+    }
+    assert_eq!(upgrade_raw(&srv, "/sub/news", &[("X-Auth-Token", &token(claims))]).0, 101, "no crit: admitted");
+}
+
 #[test]
 fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
     let pem = fixture("rsa.pub");

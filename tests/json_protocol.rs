@@ -283,3 +283,43 @@ fn large_binary_publish_reaches_an_idle_ws_subscriber_as_base64() {
         other => panic!("expected the envelope, got {other:?}"),
     }
 }
+
+/// `depth` nested arrays around `1`: `nested(2)` is `[[1]]`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// `limits.max_json_depth` (default 64) caps how deeply a request's `data` and `id` nest, so `/ws` subscribers'
+/// parsers are never handed a 100,000-deep document. Deeper gets an `invalid_request` reply and nothing is
+/// published; the connection stays open.
+#[test]
+fn data_and_id_nested_past_max_json_depth_get_invalid_request_and_are_not_published() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut sub = connect(&server.url("/ws"));
+    assert_eq!(request(&mut sub, r#"{"type":"subscribe","topic":"deep","id":1}"#), json!({"type":"ack","id":1}));
+    let mut publisher = connect(&server.url("/ws"));
+
+    let publish = |data: &str, id: &str| format!(r#"{{"type":"publish","topic":"deep","data":{data},"id":{id}}}"#);
+    assert_error_reply(&mut publisher, &publish(&nested(65), "2"), "invalid_request", Some(json!(2)));
+    assert_error_reply(&mut publisher, &publish(&nested(100_000), "3"), "invalid_request", Some(json!(3)));
+    assert_error_reply(&mut publisher, &publish("4", &nested(65)), "invalid_request", None);
+    let deep_object = format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65));
+    assert_error_reply(&mut publisher, &publish(&deep_object, "5"), "invalid_request", Some(json!(5)));
+    // Brackets inside strings are text, not nesting.
+    let brackets = format!("\"{}\"", "[".repeat(1000));
+    assert_eq!(request(&mut publisher, &publish(&brackets, "6")), json!({"type":"ack","id":6}));
+    assert_eq!(
+        request(&mut publisher, &publish(&nested(64), &nested(64))),
+        json!({"type":"ack","id":nested_value(64)})
+    );
+
+    // The subscriber got exactly the accepted publishes, in order.
+    assert_eq!(next_json(&mut sub), json!({"type":"message","topic":"deep","data":"[".repeat(1000)}));
+    assert_eq!(next_json(&mut sub), json!({"type":"message","topic":"deep","data":nested_value(64)}));
+    assert_eq!(server.wait_metric("herald_limit_hits_total{limit=\"max_json_depth\"}", 4, Duration::from_secs(2)), 4);
+}
+
+/// `nested(depth)` as a JSON value.
+fn nested_value(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!([inner]))
+}

@@ -173,12 +173,28 @@ fn rejects_close_with_one_byte_payload() {
 
 /// RFC 6455 section 7.4.1: 1005 and 1006 "MUST NOT be set as a status code in a Close control frame by an
 /// endpoint" (1015 likewise); section 7.4.2: "0-999: Status codes in the range 0-999 are not used." Codes
-/// 1004, 1012-2999 are reserved and 5000+ undefined (Autobahn case 7.9).
+/// 1004 and 1016-2999 are reserved and 5000+ undefined (Autobahn case 7.9).
 #[test]
 fn rejects_close_with_invalid_code() {
     let server = Server::start(&["--workers", "1"]);
     for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
         assert_fails_with(&server, &[(0x88, &close_payload(code, b""), true)], 1002, &format!("code {code}"));
+    }
+}
+
+/// 1012 (service restart), 1013 (try again later) and 1014 (bad gateway) are registered in the IANA "WebSocket
+/// Close Code Number Registry" (RFC 6455 section 11.7): a client may send them, and the server answers with a
+/// normal close handshake echoing the code, not with 1002.
+#[test]
+fn close_with_iana_registered_codes_1012_to_1014_is_echoed() {
+    let server = Server::start(&["--workers", "1"]);
+    for code in [1012u16, 1013, 1014] {
+        let mut raw = echo_client(&server);
+        raw.send_frame(0x88, &close_payload(code, b"later"), true);
+        let (b0, payload) = raw.read_frame();
+        assert_eq!(b0, 0x88, "code {code}: a close frame comes back");
+        assert_eq!(payload.get(..2), Some(&code.to_be_bytes()[..]), "code {code} is echoed, not refused with 1002");
+        assert!(raw.closed_within(CLOSE_WAIT), "code {code}: TCP still open after the close handshake");
     }
 }
 

@@ -27,15 +27,18 @@ impl CloseCode {
     /// 1011: internal error.
     pub const INTERNAL: CloseCode = CloseCode(1011);
 
-    /// Whether a peer may send this code on the wire: 1000-1003, 1007-1011, and 3000-4999 (7.4.1, 7.4.2).
-    /// 1004-1006 and 1015 are reserved and never sent; 0-999 and 5000+ are not used.
+    /// Whether a peer may send this code on the wire: 1000-1003, 1007-1014, and 3000-4999 (7.4.1, 7.4.2, and
+    /// the IANA registry of section 11.7). 1004-1006 and 1015 are reserved and never sent; 0-999, 1016-2999 and
+    /// 5000+ are not used.
     pub fn is_sendable(self) -> bool {
-        // RFC 6455 section 7.4.1 defines 1000-1003 and 1007-1011 (1012-1014 were registered with IANA later and
-        // are left out here, as the skeleton's contract says; Autobahn 7.9.x does not test them). 1004 is
-        // reserved, and 1005, 1006 and 1015 "MUST NOT be set as a status code in a Close control frame by an
-        // endpoint". Section 7.4.2: "0-999: Status codes in the range 0-999 are not used", 1000-2999 are for
-        // the protocol, "3000-3999" for libraries and frameworks, "4000-4999" for private use.
-        matches!(self.0, 1000..=1003 | 1007..=1011 | 3000..=4999)
+        // RFC 6455 section 7.4.1 defines 1000-1003 and 1007-1011; 1012 (service restart), 1013 (try again later)
+        // and 1014 (bad gateway) were added to the IANA "WebSocket Close Code Number Registry" (section 11.7)
+        // later, so peers may send them. Autobahn 7.9.1-7.9.9 send 0, 999, 1004, 1005, 1006, 1016, 1100, 2000
+        // and 2999, and expect 1002 for each. 1004 is reserved, and 1005, 1006 and 1015 "MUST NOT be set as a
+        // status code in a Close control frame by an endpoint". Section 7.4.2: "0-999: Status codes in the range
+        // 0-999 are not used", 1000-2999 are for the protocol, "3000-3999" for libraries and frameworks,
+        // "4000-4999" for private use.
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }
 
@@ -95,9 +98,23 @@ mod tests {
         }
     }
 
+    /// 1012 (service restart), 1013 (try again later) and 1014 (bad gateway) are in the IANA "WebSocket Close
+    /// Code Number Registry" (RFC 6455 section 11.7); a peer may send them like any code of section 7.4.1.
+    #[test]
+    fn iana_registered_close_codes_1012_to_1014_are_accepted() {
+        for code in [1012u16, 1013, 1014] {
+            assert!(CloseCode(code).is_sendable(), "{code}");
+            let payload = [&code.to_be_bytes()[..], b"restart"].concat();
+            let frame = CloseFrame::parse(&payload).expect("a registered code parses");
+            assert_eq!(frame, Some(CloseFrame { code: CloseCode(code), reason: "restart".to_owned() }));
+        }
+    }
+
+    /// Exactly the codes Autobahn 7.9.1-7.9.9 send (the kosoku 0.1.0 case file `case7_9_X.py`), plus 1015
+    /// (7.4.1: "MUST NOT be set as a status code in a Close control frame") and the 7.13 codes 5000 and 65535.
     #[test]
     fn invalid_close_codes_match_autobahn_7_9_and_7_13() {
-        let invalid = [0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535];
+        let invalid = [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535];
         for code in invalid {
             assert!(!CloseCode(code).is_sendable(), "{code}");
         }

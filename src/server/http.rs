@@ -4,11 +4,13 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
 use super::conn::{Endpoint, Phase, VIA_PROXY};
 use super::worker::{mark_dirty, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
+use crate::control;
 use crate::metrics::{self, Metric};
 use crate::protocol::auth::policy::Need;
 use crate::protocol::auth::{ConnAuth, Denied, Mode};
@@ -389,28 +391,86 @@ impl Worker {
         let need = head.head_len + body_len as usize;
         let Some(conn) = self.conns.get_mut(key) else { return false };
         if conn.rbuf.len() < need {
+            // RFC 9110 section 10.1.1: a server that receives "100-continue" "ought to" send 100 (Continue)
+            // before reading the content, and "MUST ignore" it in an HTTP/1.0 request. The head is accepted
+            // (method, topic, length, auth and size all passed), so ask for the body now: once, on the call
+            // where the head is complete and no body byte has arrived yet (each later call has more bytes).
+            // A client that sent its body anyway gets no 100, which 10.1.1 allows ("MAY omit").
+            if conn.rbuf.len() == head.head_len && head.version == 1 && head.has_token("expect", "100-continue") {
+                conn.outbox.push(Bytes::from_static(CONTINUE));
+                mark_dirty(conn, key, &mut self.dirty);
+            }
             return false; // the body is still arriving (bounded by max_message_size)
         }
         let body = conn.rbuf.split_to(need).freeze().slice(head.head_len..);
-        let content_type = head.header("content-type").unwrap_or("").to_ascii_lowercase();
-        let text = content_type.starts_with("text/") || content_type.starts_with("application/json");
-        if text && std::str::from_utf8(&body).is_err() {
+        let kind = BodyKind::of(head.header("content-type").unwrap_or(""));
+        if kind != BodyKind::Binary && std::str::from_utf8(&body).is_err() {
             // A text frame must carry UTF-8: subscribers would otherwise fail with 1007.
             self.respond(key, 400, "text/plain", b"text body is not valid UTF-8\n", true);
             return false;
         }
+        // A JSON body reaches /ws subscribers as the value itself (like a /ws publish's `data`), so it must be
+        // JSON, and no deeper than a /ws publish may be. Borrowed from the body: nothing is built.
+        let json = match kind {
+            BodyKind::Json => match serde_json::from_slice::<&RawValue>(&body) {
+                Ok(v) if control::json_depth_exceeds(v.get(), self.cfg.limits.max_json_depth) => {
+                    self.metrics.inc(Metric::JsonDepthLimit);
+                    let why = format!(
+                        "JSON body nests arrays and objects more than {} deep (limits.max_json_depth)\n",
+                        self.cfg.limits.max_json_depth
+                    );
+                    self.respond(key, 400, "text/plain", why.as_bytes(), true);
+                    return false;
+                }
+                Ok(v) => Some(v),
+                Err(e) => {
+                    let why = format!("body is not valid JSON (Content-Type: application/json): {e}\n");
+                    self.respond(key, 400, "text/plain", why.as_bytes(), true);
+                    return false;
+                }
+            },
+            BodyKind::Text | BodyKind::Binary => None,
+        };
         if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
             self.respond(key, 503, "text/plain", b"draining\n", true);
             return false;
         }
         self.metrics.inc(Metric::MessagesIn);
         self.metrics.inc(Metric::Publishes);
-        let reached = self.publish(name, text, &body, None);
+        let reached = self.publish(name, kind != BodyKind::Binary, &body, json);
         let close = head.wants_close();
         let reply = format!("{{\"topic\":\"{name}\",\"subscribers\":{reached}}}\n");
         self.respond(key, 200, "application/json", reply.as_bytes(), close);
         let Some(conn) = self.conns.get_mut(key) else { return false };
         !close && !conn.rbuf.is_empty()
+    }
+}
+
+/// The interim response to `Expect: 100-continue` (RFC 9110 section 15.2.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What a POST body is, by its Content-Type's media type (parameters such as `charset` ignored, names
+/// compared ASCII case-insensitively, RFC 9110 section 8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// `application/json`: must be valid JSON; `/ws` subscribers get the value as `data`.
+    Json,
+    /// `text/*`: must be UTF-8; a text frame, and a JSON string as `data`.
+    Text,
+    /// Anything else (or no Content-Type): a binary frame, and base64 as `data_b64`.
+    Binary,
+}
+
+impl BodyKind {
+    fn of(content_type: &str) -> BodyKind {
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if media_type.eq_ignore_ascii_case("application/json") {
+            BodyKind::Json
+        } else if media_type.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("text/")) {
+            BodyKind::Text
+        } else {
+            BodyKind::Binary
+        }
     }
 }
 
@@ -438,5 +498,18 @@ mod tests {
         assert_eq!(Route::of("/metrics"), Route::Metrics);
         assert_eq!(Route::of("/"), Route::NotFound);
         assert_eq!(Route::of("/echo/"), Route::NotFound);
+    }
+
+    #[test]
+    fn post_bodies_are_json_text_or_binary_by_media_type() {
+        for ct in ["application/json", "Application/JSON; charset=utf-8", " application/json ;x=y"] {
+            assert_eq!(BodyKind::of(ct), BodyKind::Json, "{ct:?}");
+        }
+        for ct in ["text/plain", "TEXT/csv; charset=utf-8", "text/"] {
+            assert_eq!(BodyKind::of(ct), BodyKind::Text, "{ct:?}");
+        }
+        for ct in ["", "application/octet-stream", "application/jsonp", "application/ld+json", "tex", "é"] {
+            assert_eq!(BodyKind::of(ct), BodyKind::Binary, "{ct:?}");
+        }
     }
 }

@@ -94,8 +94,13 @@ impl Worker {
             Message::Binary(_) => {
                 control::write_error(&mut reply, None, "invalid_request", "binary messages are not understood on /ws")
             }
-            Message::Text(text) => match control::parse_request(&text) {
-                Err(e) => control::write_error(&mut reply, e.id.as_deref(), e.code, &e.message),
+            Message::Text(text) => match control::parse_request(&text, self.cfg.limits.max_json_depth) {
+                Err(e) => {
+                    if e.too_deep {
+                        self.metrics.inc(Metric::JsonDepthLimit);
+                    }
+                    control::write_error(&mut reply, e.id.as_deref(), e.code, &e.message)
+                }
                 Ok(ControlRequest::Subscribe { topic, token, id }) => {
                     match self.authorize(key, Action::Subscribe, &topic, token.as_deref()) {
                         Ok(()) => match self.json_subscribe(key, &topic) {

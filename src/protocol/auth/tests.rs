@@ -112,6 +112,41 @@ fn alg_none_is_refused() {
     }
 }
 
+/// An HS256 token whose header carries `crit` and the extension parameters it names.
+fn hs_with_header(crit: Option<serde_json::Value>, params: &[(&str, serde_json::Value)]) -> String {
+    let mut h = Header::new(Algorithm::HS256);
+    if let Some(crit) = crit {
+        h.extras.insert("crit", crit);
+    }
+    for (name, value) in params {
+        h.extras.insert(*name, value.clone());
+    }
+    encode(&h, &valid(), &EncodingKey::from_secret(SECRET)).expect("sign")
+}
+
+/// RFC 7515 section 4.1.11: "If any of the listed extension Header Parameters are not understood and supported
+/// by the recipient, then the JWS is invalid." herald understands no extension, so every `crit` list names one
+/// it does not support, even when the token is correctly signed and the named parameter is present.
+#[test]
+fn a_token_with_a_crit_header_naming_an_unsupported_extension_is_refused() {
+    let v = secret_verifier(rules());
+    let cases = [
+        hs_with_header(Some(json!(["exp"])), &[("exp", json!(NOW + 600))]),
+        hs_with_header(Some(json!(["foo"])), &[("foo", json!("bar"))]),
+        hs_with_header(Some(json!(["foo"])), &[]),
+        // "Producers MUST NOT use the empty list" and a `crit` that is not a list are broken `crit`s.
+        hs_with_header(Some(json!([])), &[]),
+        hs_with_header(Some(json!("foo")), &[("foo", json!("bar"))]),
+    ];
+    for token in &cases {
+        assert_eq!(v.verify(token, NOW), Err(AuthError::UnsupportedCritical), "{token}");
+    }
+    assert_eq!(AuthError::UnsupportedCritical.description(), "unsupported critical header parameter");
+    // Extension parameters that are not marked critical may be ignored, as before.
+    assert!(v.verify(&hs_with_header(None, &[("foo", json!("bar"))]), NOW).is_ok());
+    assert!(v.verify(&hs(valid()), NOW).is_ok(), "a token without crit still passes");
+}
+
 #[test]
 fn algorithm_confusion_with_the_rsa_public_key_as_hmac_secret_is_refused() {
     let mut keys = KeySet::new();

@@ -1,6 +1,9 @@
 //! Token verification: the signature against the pinned keys, then the claims against the rules and a time
 //! passed in.
 //!
+//! herald understands no JWS extension header parameter, so a header with a `crit` list is refused before any
+//! signature work (RFC 7515 section 4.1.11).
+//!
 //! `exp` is required. `nbf`, when present, must have passed; both are judged with `leeway` seconds of clock
 //! skew allowed. When issuers or audiences are configured, a token must carry a matching `iss`/`aud`: a missing
 //! claim is refused like a wrong one. The claims kept are only those the server acts on (`sub`, `exp`,
@@ -33,6 +36,10 @@ pub enum AuthError {
     /// No key with the token's `kid` (or, without `kid`, no key without one) takes its algorithm.
     #[error("unknown signing key")]
     UnknownKey,
+    /// The header has a `crit` list (RFC 7515 section 4.1.11): it names extension parameters the recipient
+    /// must understand, and herald understands none.
+    #[error("unsupported critical header parameter")]
+    UnsupportedCritical,
     /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
@@ -62,6 +69,7 @@ impl AuthError {
             AuthError::TooLarge => "token too large",
             AuthError::AlgorithmNotAllowed => "algorithm not allowed",
             AuthError::UnknownKey => "unknown signing key",
+            AuthError::UnsupportedCritical => "unsupported critical header parameter",
             AuthError::BadSignature => "bad signature",
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
@@ -138,6 +146,13 @@ impl Verifier {
             Ok(h) => h,
             Err(_) => return Err(classify_bad_header(token)),
         };
+        // RFC 7515 section 4.1.11: "If any of the listed extension Header Parameters are not understood and
+        // supported by the recipient, then the JWS is invalid." herald supports no extension parameter, so any
+        // `crit` list (the empty one too: "Producers MUST NOT use the empty list") makes the token invalid.
+        // jsonwebtoken parses `crit` but leaves this rule to its caller.
+        if header.crit.is_some() {
+            return Err(AuthError::UnsupportedCritical);
+        }
         if !self.keys.allows(header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
@@ -201,16 +216,20 @@ impl Verifier {
     }
 }
 
-/// Tells a header that is not JSON at all from one naming an algorithm we do not know (such as `none`).
+/// Tells a header that is not JSON at all from one naming an algorithm we do not know (such as `none`), or
+/// one whose `crit` is not the list of names it should be.
 fn classify_bad_header(token: &str) -> AuthError {
     #[derive(Deserialize)]
     struct AlgOnly {
         alg: Option<String>,
+        #[serde(default)]
+        crit: Option<serde::de::IgnoredAny>,
     }
     let first = token.split('.').next().unwrap_or("");
     let Ok(bytes) = URL_SAFE_NO_PAD.decode(first) else { return AuthError::Malformed };
     match serde_json::from_slice::<AlgOnly>(&bytes) {
-        Ok(AlgOnly { alg: Some(_) }) => AuthError::AlgorithmNotAllowed,
+        Ok(AlgOnly { crit: Some(_), .. }) => AuthError::UnsupportedCritical,
+        Ok(AlgOnly { alg: Some(_), .. }) => AuthError::AlgorithmNotAllowed,
         _ => AuthError::Malformed,
     }
 }
