@@ -57,6 +57,16 @@ pub fn ns(v: u64) -> String {
     }
 }
 
+/// A latency of one progress interval: `-` when the interval had no samples, which the timeline records as 0
+/// (every recorded latency is at least 1 ns).
+pub fn ns_or_dash(v: u64) -> String {
+    if v == 0 {
+        "-".to_owned()
+    } else {
+        ns(v)
+    }
+}
+
 /// The engine settings as recorded in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineSummary {
@@ -482,6 +492,8 @@ mod tests {
         assert_eq!(ns(2_500_000), "2.50ms");
         assert_eq!(ns(1_000_000_000), "1.00s");
         assert_eq!(ns(999), "999ns");
+        assert_eq!(ns_or_dash(0), "-", "no samples");
+        assert_eq!(ns_or_dash(999), "999ns");
     }
 
     #[test]
