@@ -24,6 +24,9 @@ const RIGHT: f64 = 150.0;
 /// Top and bottom of the three panels: published, received, latency.
 const PANELS: [(f64, f64); 3] = [(50.0, 230.0), (270.0, 450.0), (490.0, 720.0)];
 
+/// A rate panel: its axis title, its line's colour, and the rate it draws.
+type RateSeries = (&'static str, &'static str, fn(&Tick) -> f64);
+
 /// Renders the timeline as SVG text.
 pub fn svg(title: &str, ticks: &[Tick]) -> String {
     let mut s = String::new();
@@ -43,7 +46,7 @@ pub fn svg(title: &str, ticks: &[Tick]) -> String {
 
     // Panels 1 and 2: rates, linear from zero, each on its own scale.
     let rated = full_intervals(ticks);
-    let rates: [(&str, &str, fn(&Tick) -> f64); 2] =
+    let rates: [RateSeries; 2] =
         [("published / s", "#ff7f0e", |t| t.published_per_s), ("received / s", "#1f77b4", |t| t.received_per_s)];
     for ((label, color, value), (top, bottom)) in rates.into_iter().zip(PANELS) {
         let ticks_y = rate_ticks(rated.iter().map(value).fold(0.0, f64::max));

@@ -136,6 +136,10 @@ fn json_dash_puts_the_report_alone_on_stdout() {
         let report: serde_json::Value = serde_json::from_str(&r.stdout)
             .unwrap_or_else(|e| panic!("{scenario}: stdout is not one JSON document ({e}):\n{}", r.stdout));
         assert_eq!(report["scenario"], scenario);
-        assert!(r.stderr.contains(&format!("loadgen {scenario} ")), "{scenario}: the table moves to stderr:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("loadgen {scenario} ")),
+            "{scenario}: the table moves to stderr:\n{}",
+            r.stderr
+        );
     }
 }
