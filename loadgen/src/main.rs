@@ -390,7 +390,7 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         let json = args.common.json.as_deref();
         let report =
             findmax::run(&cfg, &plan, &search, &opts, |t| report::print_human(json, &(findmax::trial_line(t) + "\n")))?;
-        report::print_human(args.common.json.as_deref(), &report.human());
+        report::print_human(json, &report.human());
         if let Some(path) = &args.common.json {
             report::write_json(path, &report)?;
         }
