@@ -1,6 +1,8 @@
 //! The `conns` scenario: open N connections at `--connect-rate`, hold them (idle, or pinging), and report
 //! the connect rate and failures and, with `--server-pid`, the server's RSS and CPU from /proc before the
-//! first connection, at the end of the hold, and one second after closing (RSS per connection).
+//! first connection, at the end of the hold, and one second after closing (RSS per connection). A server
+//! that served connections before reuses the memory it freed, so its RSS may not grow: the report then says
+//! that bytes per connection could not be measured (`rss_bytes_per_conn: null`) instead of printing 0.
 //!
 //! With `--protocol json`, each connection subscribes to `loadgen-idle` on herald's JSON endpoint and counts
 //! as open once that is acked. Tokens (`--jwt-*`) are minted before the clock starts.
@@ -142,7 +144,8 @@ pub struct ServerMemory {
     pub during: Option<ProcSample>,
     /// One second after loadgen closed everything.
     pub after: Option<ProcSample>,
-    /// (during - before) RSS over connections open at the end of the hold, bytes.
+    /// (during - before) RSS over connections open at the end of the hold, bytes; `null` when the RSS did not
+    /// grow (a server that served connections before reuses freed memory: restart it before measuring).
     pub rss_bytes_per_conn: Option<f64>,
 }
 
@@ -179,12 +182,6 @@ impl ConnsReport {
     /// Builds the report.
     pub fn new(cfg: &EngineConfig, plan: &ConnsPlan, o: &ConnsOutcome) -> ConnsReport {
         let [before, during, after] = o.server;
-        let per_conn = match (before, during) {
-            (Some(b), Some(d)) if o.open_at_end > 0 => {
-                Some((d.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / o.open_at_end as f64)
-            }
-            _ => None,
-        };
         let phase = o.connect_phase.as_secs_f64().max(1e-9);
         ConnsReport {
             scenario: "conns",
@@ -198,7 +195,7 @@ impl ConnsReport {
             connect_time: Percentiles::of(&o.connect_time),
             connect_failures: o.connect_failures.clone(),
             disconnects: o.disconnects.clone(),
-            server: ServerMemory { before, during, after, rss_bytes_per_conn: per_conn },
+            server: ServerMemory::new([before, during, after], o.open_at_end),
         }
     }
 
@@ -224,15 +221,39 @@ impl ConnsReport {
             self.connect_failures.summary(),
             self.disconnects.summary()
         );
-        let m = &self.server;
-        if let (Some(b), Some(d)) = (m.before, m.during) {
-            s += &format!(
-                "  server RSS   before {} KiB, held {} KiB, after {} KiB; {:.0} bytes per connection\n",
-                b.rss_kib,
-                d.rss_kib,
-                m.after.map_or("?".to_owned(), |a| a.rss_kib.to_string()),
-                m.rss_bytes_per_conn.unwrap_or(0.0)
-            );
+        s += &self.server.human();
+        s
+    }
+}
+
+impl ServerMemory {
+    /// From the samples before connecting, at the end of the hold and after closing, with `open` connections
+    /// held.
+    pub fn new([before, during, after]: [Option<ProcSample>; 3], open: u64) -> ServerMemory {
+        // A server that held connections before reuses the memory it freed, so its RSS may not grow at all:
+        // that says nothing about the cost of a connection, and 0 would be read as "free".
+        let per_conn = match (before, during) {
+            (Some(b), Some(d)) if open > 0 && d.rss_kib > b.rss_kib => {
+                Some((d.rss_kib - b.rss_kib) as f64 * 1024.0 / open as f64)
+            }
+            _ => None,
+        };
+        ServerMemory { before, during, after, rss_bytes_per_conn: per_conn }
+    }
+
+    /// The server's lines of the human table (none without `--server-pid`).
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        if let (Some(b), Some(d)) = (self.before, self.during) {
+            let after = self.after.map_or("?".to_owned(), |a| a.rss_kib.to_string());
+            s += &format!("  server RSS   before {} KiB, held {} KiB, after {after} KiB", b.rss_kib, d.rss_kib);
+            s += &match self.rss_bytes_per_conn {
+                Some(bytes) => format!("; {bytes:.0} bytes per connection\n"),
+                None if d.rss_kib <= b.rss_kib => "\n  server RSS did not grow: bytes per connection not measurable; \
+                                                  restart the server before measuring\n"
+                    .to_owned(),
+                None => "; no connection held\n".to_owned(),
+            };
             let span = d.at_ns.saturating_sub(b.at_ns).max(1) as f64;
             s += &format!(
                 "  server CPU   {:.1}% from before connecting to the end of the hold\n",
@@ -240,5 +261,49 @@ impl ConnsReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_s: u64, rss_kib: u64) -> Option<ProcSample> {
+        Some(ProcSample { at_ns: at_s * 1_000_000_000, cpu_ns: at_s * 100_000_000, rss_kib, threads: 3 })
+    }
+
+    #[test]
+    fn rss_growth_is_shared_over_the_connections_held() {
+        let m = ServerMemory::new([sample(0, 10_000), sample(10, 10_300), sample(11, 10_100)], 300);
+        assert_eq!(m.rss_bytes_per_conn, Some(1024.0));
+        let text = m.human();
+        assert!(
+            text.contains("before 10000 KiB, held 10300 KiB, after 10100 KiB; 1024 bytes per connection"),
+            "{text}"
+        );
+        assert!(text.contains("server CPU   10.0%"), "{text}");
+    }
+
+    #[test]
+    fn rss_that_did_not_grow_is_not_measurable_rather_than_zero() {
+        // A server that held connections before reuses the memory it freed: its RSS stays flat (or shrinks).
+        for held in [10_000, 9_990] {
+            let m = ServerMemory::new([sample(0, 10_000), sample(10, held), sample(11, held)], 300);
+            assert_eq!(m.rss_bytes_per_conn, None, "held {held} KiB");
+            let text = m.human();
+            assert!(!text.contains("bytes per connection\n"), "{text}");
+            assert!(
+                text.contains("server RSS did not grow: bytes per connection not measurable; restart the server"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_server_samples_there_are_no_server_lines() {
+        let m = ServerMemory::new([None, None, None], 300);
+        assert_eq!(m.rss_bytes_per_conn, None);
+        assert_eq!(m.human(), "");
+        assert_eq!(ServerMemory::new([sample(0, 1), sample(1, 2), None], 0).rss_bytes_per_conn, None, "nothing held");
     }
 }

@@ -93,7 +93,8 @@ struct CommonArgs {
     /// `read` (a clock read after each read call).
     #[arg(long, value_enum, default_value = "kernel")]
     rx_time: engine::RxTime,
-    /// Write every figure and the full configuration as JSON to this file.
+    /// Write every figure and the full configuration as JSON to this file (`-`: to stdout, and the table to
+    /// stderr).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Draw throughput and latency percentiles over time into this SVG file (fanout and echo).
@@ -386,17 +387,18 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
             confirm_runs: args.confirm_runs.max(1),
             max_trials: 30,
         };
-        let report = findmax::run(&cfg, &plan, &search, &opts, |t| println!("{}", findmax::trial_line(t)))?;
-        print!("{}", report.human());
+        let json = args.common.json.as_deref();
+        let report =
+            findmax::run(&cfg, &plan, &search, &opts, |t| report::print_human(json, &(findmax::trial_line(t) + "\n")))?;
+        report::print_human(json, &report.human());
         if let Some(path) = &args.common.json {
-            let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
-            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+            report::write_json(path, &report)?;
         }
         return Ok(if report.found.is_some() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_THRESHOLD) });
     }
     let outcome = fanout::run(&cfg, plan.clone(), &opts)?;
     let report = report::FanoutReport::new(&cfg, &plan, &outcome, args.common.server_pid, (max_loss, max_p99));
-    print!("{}", report.human());
+    report::print_human(args.common.json.as_deref(), &report.human());
     if let Some(path) = &args.common.plot {
         let title = format!(
             "loadgen fanout {}: {} subs / {} topics / {} pubs, {} B",
@@ -406,8 +408,7 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.common.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        report::write_json(path, &report)?;
     }
     Ok(if report.verdict.passed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_THRESHOLD) })
 }
@@ -429,10 +430,9 @@ fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     };
     let outcome = conns::run(&cfg, &plan, !args.common.quiet)?;
     let report = conns::ConnsReport::new(&cfg, &plan, &outcome);
-    print!("{}", report.human());
+    report::print_human(args.common.json.as_deref(), &report.human());
     if let Some(path) = &args.common.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        report::write_json(path, &report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -454,7 +454,7 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     }
     let outcome = echo::run(&cfg, &plan, !args.common.quiet, args.common.server_pid)?;
     let report = echo::EchoReport::new(&cfg, &plan, &outcome);
-    print!("{}", report.human());
+    report::print_human(args.common.json.as_deref(), &report.human());
     if let Some(path) = &args.common.plot {
         let title = format!(
             "loadgen echo {}: {} conns x {} in flight, {} B",
@@ -464,8 +464,7 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.common.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        report::write_json(path, &report)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,14 @@
 //! `--plot FILE.svg`: throughput and latency percentiles over time as one self-contained SVG picture, from
-//! the per-second timeline. Two panels share the time axis (seconds from the start of the measured window;
-//! negative during warm-up): messages per second published and received (linear), and p50, p99 and max latency
-//! of the messages received in each second (logarithmic, since a stall spans several decades).
+//! the per-second timeline. Three panels share the time axis (seconds from the start of the measured window;
+//! negative during warm-up): messages published per second, messages received per second (each linear from
+//! zero on its own axis, since a fan-out receives hundreds of times what it publishes), and p50, p99 and max
+//! latency of the messages received in each second (logarithmic, since a stall spans several decades).
+//!
+//! Axis ticks are round steps (1, 2 or 5 times a power of ten) labelled with as many decimals as the step
+//! needs, so no two labels read the same. The timeline's last interval usually covers only the few
+//! milliseconds of the grace period, when nothing is published: a last interval shorter than half the one
+//! before is left out of the rate panels (its latencies are still drawn), so the run does not seem to end in a
+//! drop to zero.
 //!
 //! Written by hand (a few lines of SVG) rather than with a plotting crate, to keep the build small.
 
@@ -11,11 +18,14 @@ use crate::fanout::Tick;
 use crate::report::{ns, si};
 
 const WIDTH: f64 = 960.0;
-const HEIGHT: f64 = 640.0;
+const HEIGHT: f64 = 780.0;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 150.0;
-/// Top and bottom of the two panels.
-const PANELS: [(f64, f64); 2] = [(50.0, 300.0), (350.0, 600.0)];
+/// Top and bottom of the three panels: published, received, latency.
+const PANELS: [(f64, f64); 3] = [(50.0, 230.0), (270.0, 450.0), (490.0, 720.0)];
+
+/// A rate panel: its axis title, its line's colour, and the rate it draws.
+type RateSeries = (&'static str, &'static str, fn(&Tick) -> f64);
 
 /// Renders the timeline as SVG text.
 pub fn svg(title: &str, ticks: &[Tick]) -> String {
@@ -34,20 +44,24 @@ pub fn svg(title: &str, ticks: &[Tick]) -> String {
     let t_max = ticks.iter().map(|t| t.t).fold(f64::NEG_INFINITY, f64::max).max(t_min + 1.0);
     let x = |t: f64| LEFT + (t - t_min) / (t_max - t_min) * (WIDTH - LEFT - RIGHT);
 
-    // Panel 1: rates, linear from zero.
-    let (top, bottom) = PANELS[0];
-    let rate_max = ticks.iter().map(|t| t.published_per_s.max(t.received_per_s)).fold(1.0, f64::max) * 1.1;
-    let y_rate = |v: f64| bottom - v / rate_max * (bottom - top);
-    frame(&mut s, top, bottom, "messages / s");
-    for i in 0..=4 {
-        let v = rate_max * f64::from(i) / 4.0;
-        grid(&mut s, y_rate(v), &si(v));
+    // Panels 1 and 2: rates, linear from zero, each on its own scale.
+    let rated = full_intervals(ticks);
+    let rates: [RateSeries; 2] =
+        [("published / s", "#ff7f0e", |t| t.published_per_s), ("received / s", "#1f77b4", |t| t.received_per_s)];
+    for ((label, color, value), (top, bottom)) in rates.into_iter().zip(PANELS) {
+        let ticks_y = rate_ticks(rated.iter().map(value).fold(0.0, f64::max));
+        let top_value = ticks_y.last().copied().unwrap_or(1.0).max(1.0);
+        let y = |v: f64| bottom - v / top_value * (bottom - top);
+        frame(&mut s, top, bottom, label);
+        for v in &ticks_y {
+            grid(&mut s, y(*v), &si(*v));
+        }
+        let name = label.trim_end_matches(" / s");
+        line(&mut s, rated.iter().map(|t| (x(t.t), y(value(t)))), color, name, top, 0);
     }
-    line(&mut s, ticks.iter().map(|t| (x(t.t), y_rate(t.received_per_s))), "#1f77b4", "received", top, 0);
-    line(&mut s, ticks.iter().map(|t| (x(t.t), y_rate(t.published_per_s))), "#ff7f0e", "published", top, 1);
 
-    // Panel 2: latency, log scale over whole decades.
-    let (top, bottom) = PANELS[1];
+    // Panel 3: latency, log scale over whole decades.
+    let (top, bottom) = PANELS[2];
     let values = ticks.iter().flat_map(|t| [t.p50_ns, t.p99_ns, t.max_ns]).filter(|v| *v > 0);
     let (lo, hi) = values.fold((u64::MAX, 1u64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let lo_exp = (lo.min(hi) as f64).log10().floor();
@@ -69,26 +83,54 @@ pub fn svg(title: &str, ticks: &[Tick]) -> String {
     line(&mut s, with(|t| t.max_ns), "#9467bd", "max", top, 2);
 
     // Shared time axis.
-    let step = nice_step((t_max - t_min) / 8.0);
-    let mut t = (t_min / step).ceil() * step;
-    while t <= t_max + 1e-9 {
+    let last = PANELS[PANELS.len() - 1].1;
+    for (t, label) in time_ticks(t_min, t_max) {
         for (top, bottom) in PANELS {
             let _ = writeln!(s, r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{bottom}" stroke="#eee"/>"##, x(t));
         }
-        // `+ 0.0` turns -0 into 0.
-        let label = t + 0.0;
-        let _ =
-            writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{label:.0}s</text>"#, x(t), PANELS[1].1 + 16.0);
-        t += step;
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#, x(t), last + 16.0);
     }
     let _ = writeln!(
         s,
         r#"<text x="{:.1}" y="{}" text-anchor="middle">seconds from the start of the measured window</text>"#,
         LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
-        PANELS[1].1 + 34.0
+        last + 34.0
     );
     s.push_str("</svg>\n");
     s
+}
+
+/// The ticks whose rates are drawn: all but a last interval shorter than half the one before it (the grace
+/// period's few milliseconds, in which nothing is published).
+fn full_intervals(ticks: &[Tick]) -> &[Tick] {
+    match ticks {
+        [.., before, last] if last.interval_s < before.interval_s / 2.0 => &ticks[..ticks.len() - 1],
+        _ => ticks,
+    }
+}
+
+/// Gridline values for a rate axis from zero to at least `max`: a round step (never below 1 message per
+/// second, so [`si`] labels stay distinct), about four intervals.
+fn rate_ticks(max: f64) -> Vec<f64> {
+    let step = nice_step(max.max(1.0) / 4.0).max(1.0);
+    let intervals = (max / step).ceil().max(1.0) as u32;
+    (0..=intervals).map(|i| f64::from(i) * step).collect()
+}
+
+/// The time axis' gridlines and labels between `t_min` and `t_max`: a round step for about eight intervals,
+/// labelled with the decimals that step needs (`0.5s`, `1.0s`; `2s`, `4s`).
+fn time_ticks(t_min: f64, t_max: f64) -> Vec<(f64, String)> {
+    let step = nice_step((t_max - t_min) / 8.0);
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let first = (t_min / step).ceil() as i64;
+    let last = (t_max / step + 1e-9).floor() as i64;
+    (first..=last)
+        .map(|i| {
+            let t = i as f64 * step;
+            // `+ 0.0` turns -0 into 0.
+            (t, format!("{:.*}s", decimals, t + 0.0))
+        })
+        .collect()
 }
 
 /// The panel's box and its y-axis title.
@@ -157,15 +199,62 @@ mod tests {
         }
     }
 
+    /// The text of every `<text>` element with this anchor, in document order.
+    fn labels(svg: &str, anchor: &str) -> Vec<String> {
+        let marker = format!(r#"text-anchor="{anchor}">"#);
+        svg.split(marker.as_str()).skip(1).filter_map(|rest| rest.split('<').next()).map(str::to_owned).collect()
+    }
+
+    /// The (x, y) points of the polyline drawn in `color`.
+    fn series(svg: &str, color: &str) -> Vec<(f64, f64)> {
+        let line = svg
+            .lines()
+            .find(|l| l.starts_with("<polyline") && l.contains(&format!(r#"stroke="{color}""#)))
+            .unwrap_or_else(|| panic!("no polyline in {color}"));
+        let points = line.split(r#"points=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+        points
+            .split(' ')
+            .filter_map(|p| p.split_once(','))
+            .map(|(x, y)| (x.parse().unwrap_or(f64::NAN), y.parse().unwrap_or(f64::NAN)))
+            .collect()
+    }
+
+    /// The (top, bottom) of each panel's frame, in document order.
+    fn frames(svg: &str) -> Vec<(f64, f64)> {
+        svg.lines()
+            .filter(|l| l.starts_with("<rect x=") && l.contains(r##"stroke="#999""##))
+            .map(|l| {
+                let attr = |name: &str| -> f64 {
+                    let key = format!(r#" {name}=""#);
+                    l.split(key.as_str())
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.0)
+                };
+                (attr("y"), attr("y") + attr("height"))
+            })
+            .collect()
+    }
+
+    /// Where in its panel a series sits: 0.0 at the bottom, 1.0 at the top (the lowest point counts).
+    fn height_in_panel(svg: &str, color: &str) -> f64 {
+        let points = series(svg, color);
+        let lowest = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let (top, bottom) =
+            frames(svg).into_iter().find(|(top, bottom)| (*top..=*bottom).contains(&lowest)).expect("inside a panel");
+        (bottom - lowest) / (bottom - top)
+    }
+
     #[test]
-    fn draws_both_panels_and_every_series() {
+    fn draws_every_panel_and_every_series() {
         let ticks: Vec<Tick> =
             (0..10u32).map(|i| tick(f64::from(i) - 1.0, 1000, 1_000_000 * u64::from(i + 1))).collect();
         let svg = svg("a <test> & run", &ticks);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 5, "received, published, p50, p99, max");
         assert!(svg.contains("a &lt;test&gt; &amp; run"));
-        assert!(svg.contains(">10.0k<") || svg.contains(">11.0k<"), "rate labels in SI units");
+        assert!(svg.contains(">10.0k<"), "rate labels in SI units");
     }
 
     #[test]
@@ -181,5 +270,65 @@ mod tests {
         assert_eq!(nice_step(1.3), 2.0);
         assert_eq!(nice_step(3.0), 5.0);
         assert_eq!(nice_step(12.0), 20.0);
+    }
+
+    #[test]
+    fn time_labels_never_repeat() {
+        // The run that printed `0s 0s 1s 2s 2s`: 1 s of warm-up, 3 s measured, ticks a little late.
+        let ticks = [0.0, 1.004, 2.016, 3.032].map(|t| tick(t, 1000, 1_000_000));
+        let got = labels(&svg("short", &ticks), "middle");
+        let times: Vec<&String> = got.iter().filter(|l| l.ends_with('s') && !l.contains(' ')).collect();
+        assert_eq!(times, ["0.0s", "0.5s", "1.0s", "1.5s", "2.0s", "2.5s", "3.0s"]);
+        for start in [-2.0, -1.0, 0.0] {
+            for span in [0.3, 1.0, 1.7, 2.01, 3.03, 5.0, 9.7, 12.0, 61.0, 3600.0] {
+                let ticks = [tick(start, 1000, 1_000_000), tick(start + span, 1000, 1_000_000)];
+                let got = labels(&svg("span", &ticks), "middle");
+                let mut unique = got.clone();
+                unique.dedup();
+                assert_eq!(got, unique, "from {start} over {span} s");
+                assert!(got.len() >= 3, "from {start} over {span} s: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rate_labels_never_repeat() {
+        for max in [0.0, 0.3, 1.0, 1.1, 3.0, 7.0, 99.0, 999.0, 1001.0, 2000.0, 12_345.0, 400_000.0, 2.5e6, 3e9] {
+            let ticks = [tick(0.0, 0, 1_000_000), Tick { published_per_s: max, ..tick(1.0, 0, 1_000_000) }];
+            let got = labels(&svg("rates", &ticks), "end");
+            let mut unique = got.clone();
+            unique.dedup();
+            assert_eq!(got, unique, "published at most {max}/s");
+        }
+    }
+
+    #[test]
+    fn published_and_received_each_fill_their_own_axis() {
+        // 2 k/s published to 200 subscribers: 400 k/s received.
+        let ticks: Vec<Tick> = (0..5u32)
+            .map(|i| Tick { published_per_s: 2000.0, received_per_s: 400_000.0, ..tick(f64::from(i), 0, 1_000_000) })
+            .collect();
+        let svg = svg("fan-out", &ticks);
+        let published = height_in_panel(&svg, "#ff7f0e");
+        let received = height_in_panel(&svg, "#1f77b4");
+        assert!(published > 0.5, "published drawn at {published:.3} of its panel's height");
+        assert!(received > 0.5, "received drawn at {received:.3} of its panel's height");
+    }
+
+    #[test]
+    fn a_short_last_interval_is_not_drawn_as_a_drop_to_zero() {
+        // Four full seconds at a steady rate, then 10 ms of grace period in which nothing is published.
+        let mut ticks: Vec<Tick> = (1..=4u32).map(|i| tick(f64::from(i), 2000, 1_000_000)).collect();
+        ticks.push(Tick { interval_s: 0.01, published_per_s: 0.0, received_per_s: 0.0, ..tick(4.01, 0, 2_000_000) });
+        let svg = svg("steady", &ticks);
+        for color in ["#ff7f0e", "#1f77b4"] {
+            let ys: Vec<f64> = series(&svg, color).iter().map(|p| p.1).collect();
+            assert_eq!(ys.len(), 4, "{color}: the partial interval is left out");
+            assert!(ys.iter().all(|y| *y == ys[0]), "{color}: a steady rate is a flat line: {ys:?}");
+        }
+        assert_eq!(series(&svg, "#d62728").len(), 5, "its latency is still drawn");
+        // A lone interval is drawn whatever its length, and a long last one too.
+        assert_eq!(full_intervals(&ticks[4..]).len(), 1);
+        assert_eq!(full_intervals(&ticks[..4]).len(), 4);
     }
 }

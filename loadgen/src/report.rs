@@ -2,11 +2,17 @@
 //! figure plus the full configuration, with stable field names documented in the README), and the
 //! `--max-loss` / `--max-p99` verdict.
 //!
+//! `--json -` writes the JSON document to standard output; the human table then goes to standard error, so
+//! that stdout holds nothing but the one JSON document ([`print_human`], [`write_json`]).
+//!
 //! Units in JSON: nanoseconds for latencies (`*_ns`), seconds for durations (`*_s`), messages and bytes per
 //! second for rates, fractions (0..1) for shares and ratios.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::engine::EngineConfig;
@@ -55,6 +61,48 @@ pub fn ns(v: u64) -> String {
     } else {
         format!("{v}ns")
     }
+}
+
+/// A latency of one progress interval: `-` when the interval had no samples, which the timeline records as 0
+/// (every recorded latency is at least 1 ns).
+pub fn ns_or_dash(v: u64) -> String {
+    if v == 0 {
+        "-".to_owned()
+    } else {
+        ns(v)
+    }
+}
+
+/// Whether `--json` names standard output (`-`).
+pub fn json_to_stdout(json: Option<&Path>) -> bool {
+    json.is_some_and(|p| p == Path::new("-"))
+}
+
+/// Prints human-readable output: on stdout, or on stderr when stdout carries the JSON report (`--json -`).
+pub fn print_human(json: Option<&Path>, text: &str) {
+    if json_to_stdout(json) {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
+
+/// Writes `report` as pretty-printed JSON and a newline to the file `path`, or to stdout when it is `-`.
+pub fn write_json<T: Serialize>(path: &Path, report: &T) -> anyhow::Result<()> {
+    if json_to_stdout(Some(path)) {
+        let mut out = std::io::stdout().lock();
+        encode_json(&mut out, report).and_then(|()| out.flush().map_err(Into::into)).context("writing JSON to stdout")
+    } else {
+        let mut text = Vec::new();
+        encode_json(&mut text, report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// The JSON document: pretty-printed, then a newline.
+fn encode_json<T: Serialize>(out: &mut impl std::io::Write, report: &T) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, report).context("encoding the JSON report")?;
+    out.write_all(b"\n").context("writing the JSON report")
 }
 
 /// The engine settings as recorded in the report.
@@ -482,6 +530,23 @@ mod tests {
         assert_eq!(ns(2_500_000), "2.50ms");
         assert_eq!(ns(1_000_000_000), "1.00s");
         assert_eq!(ns(999), "999ns");
+        assert_eq!(ns_or_dash(0), "-", "no samples");
+        assert_eq!(ns_or_dash(999), "999ns");
+    }
+
+    #[test]
+    fn json_dash_means_stdout_and_moves_the_table_to_stderr() {
+        assert!(json_to_stdout(Some(Path::new("-"))));
+        assert!(!json_to_stdout(Some(Path::new("run.json"))));
+        assert!(!json_to_stdout(Some(Path::new("./-"))), "a file named - can still be written as ./-");
+        assert!(!json_to_stdout(None));
+        let mut out = Vec::new();
+        let report = Verdict { max_loss: Some(0.0), passed: true, ..Verdict::default() };
+        encode_json(&mut out, &report).expect("encodes");
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert!(text.ends_with("}\n"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).expect("one JSON document");
+        assert_eq!(back["passed"], true);
     }
 
     #[test]

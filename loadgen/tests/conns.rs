@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{loadgen, num, serial, Herald};
+use support::{loadgen, loadgen_plain, num, serial, Herald};
 
 #[test]
 fn holds_every_connection_and_reports_server_memory() {
@@ -119,4 +119,27 @@ fn json_connections_count_once_subscribed() {
     assert_eq!(r.json["plan"]["protocol"], "json");
     assert_eq!(r.json["plan"]["path"], "/ws");
     assert_eq!(r.json["engine"]["auth"]["source"], "token");
+}
+
+#[test]
+fn json_dash_puts_the_report_alone_on_stdout() {
+    let _serial = serial();
+    let herald = Herald::start(&["--workers", "1"]);
+    let url = herald.url();
+    let common = ["--url", url.as_str(), "--threads", "1", "--no-pin", "--quiet", "--json", "-"];
+    let conns = loadgen_plain(&[&["conns", "--conns", "10", "--hold", "100ms"][..], &common].concat());
+    let fanout = loadgen_plain(
+        &[&["fanout", "--subs", "5", "--rate", "1000", "--duration", "300ms", "--warmup", "0s"][..], &common].concat(),
+    );
+    for (scenario, r) in [("conns", conns), ("fanout", fanout)] {
+        assert_eq!(r.code, 0, "{scenario}: stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        let report: serde_json::Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("{scenario}: stdout is not one JSON document ({e}):\n{}", r.stdout));
+        assert_eq!(report["scenario"], scenario);
+        assert!(
+            r.stderr.contains(&format!("loadgen {scenario} ")),
+            "{scenario}: the table moves to stderr:\n{}",
+            r.stderr
+        );
+    }
 }

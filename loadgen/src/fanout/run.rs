@@ -388,8 +388,8 @@ pub(crate) fn progress_line(t: &Tick, shared: &Shared) -> String {
         t.open,
         crate::report::si(t.published_per_s),
         crate::report::si(t.received_per_s),
-        crate::report::ns(t.p99_ns),
-        crate::report::ns(t.max_ns),
+        crate::report::ns_or_dash(t.p99_ns),
+        crate::report::ns_or_dash(t.max_ns),
         errors
     )
 }

@@ -113,3 +113,24 @@ fn receiver_counts_measured_gaps_and_foreign() {
     assert!(local.pairs[0].probed && local.pairs[1].probed);
     assert_eq!(local.pairs[0].account(1, 5), (2, 1, 1));
 }
+
+#[test]
+fn progress_line_shows_a_dash_for_latency_before_any_sample() {
+    // The first tick falls in the warm-up, when no measured message has arrived yet.
+    let empty = Tick {
+        t: -1.0,
+        interval_s: 1.0,
+        published_per_s: 2000.0,
+        received_per_s: 40_000.0,
+        p50_ns: 0,
+        p99_ns: 0,
+        max_ns: 0,
+        open: 21,
+    };
+    let shared = crate::engine::Shared::new(1, 1);
+    let line = run::progress_line(&empty, &shared);
+    assert!(line.contains("p99 - max -"), "{line}");
+    assert!(!line.contains("0ns"), "{line}");
+    let measured = Tick { p50_ns: 900_000, p99_ns: 1_500_000, max_ns: 2_000_000, ..empty };
+    assert!(run::progress_line(&measured, &shared).contains("p99 1.50ms max 2.00ms"));
+}

@@ -165,3 +165,25 @@ pub fn loadgen(args: &[&str]) -> Run {
 pub fn num(v: &serde_json::Value, pointer: &str) -> u64 {
     v.pointer(pointer).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("no u64 at {pointer} in {v}"))
 }
+
+/// Runs `loadgen <args>` as given (no `--json` added), from a fresh temporary directory so that nothing it
+/// writes lands in the source tree. The `json` field stays `Null`.
+pub fn loadgen_plain(args: &[&str]) -> Run {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("loadgen-plain-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loadgen");
+    let _ = std::fs::remove_dir_all(&dir);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        json: serde_json::Value::Null,
+    }
+}
