@@ -7,12 +7,14 @@
 //! - [`conn`]: one connection's socket, phase, buffer and outbox.
 //! - [`outbox`]: queued frames and the vectored write.
 //! - [`keys`]: reading the configured key material into the auth policy (at start and on SIGHUP).
+//! - [`trim`]: giving back the room of connections and topics that are gone, after a load.
 
 pub mod conn;
 pub mod http;
 pub mod keys;
 pub mod listener;
 pub mod outbox;
+pub mod trim;
 pub mod worker;
 mod ws;
 
