@@ -116,6 +116,20 @@ impl TopicIndex {
         self.subscriptions
     }
 
+    /// Gives back the room of topics that are gone once at most a quarter of it is in use (the worker calls
+    /// this on its timer); returns the topic slots given back. Ids stay valid: the slab only drops vacant slots
+    /// after the last live topic.
+    pub fn shrink(&mut self) -> usize {
+        let before = self.topics.capacity();
+        if before > 64 && self.topics.len() <= before / 4 {
+            self.topics.shrink_to_fit();
+            self.by_name.shrink_to_fit();
+            self.dirty.shrink_to_fit();
+            self.changed.shrink_to_fit();
+        }
+        before - self.topics.capacity()
+    }
+
     /// The id of `name`, if the worker knows it.
     pub fn lookup(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()

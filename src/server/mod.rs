@@ -10,6 +10,7 @@
 //! - [`pool`]: the worker's spare read buffers.
 //! - [`loglimit`]: the budget of log lines clients can cause.
 //! - [`rlimit`]: raising the open-files limit at start.
+//! - [`trim`]: giving back the room of connections and topics that are gone, after a load.
 
 pub mod conn;
 pub mod http;
@@ -19,6 +20,7 @@ pub mod loglimit;
 pub mod outbox;
 pub mod pool;
 pub mod rlimit;
+pub mod trim;
 pub mod worker;
 mod ws;
 

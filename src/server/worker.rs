@@ -922,6 +922,7 @@ impl Worker {
             }
         }
         self.flush_dirty();
+        super::trim::on_tick(self);
     }
 
     /// Shutdown, first step: stop accepting and reading (so this worker publishes nothing more), send what is
