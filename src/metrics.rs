@@ -64,6 +64,7 @@ series! {
     SubscriptionLimit => "herald_limit_hits_total", Counter, "limit=\"max_subscriptions\"", "Requests refused by a configured limit.";
     TopicLimit => "herald_limit_hits_total", Counter, "limit=\"max_topics_per_worker\"", "";
     ReceiveMemoryLimit => "herald_limit_hits_total", Counter, "limit=\"max_receive_memory\"", "";
+    NewTopicRateLimit => "herald_limit_hits_total", Counter, "limit=\"max_new_topics_per_second\"", "";
     Close1000 => "herald_close_codes_sent_total", Counter, "code=\"1000\"", "Close frames sent, by code.";
     Close1001 => "herald_close_codes_sent_total", Counter, "code=\"1001\"", "";
     Close1002 => "herald_close_codes_sent_total", Counter, "code=\"1002\"", "";
@@ -87,7 +88,8 @@ series! {
     ConnectionsOpen => "herald_connections_open", Gauge, "", "Open connections (all phases), per worker.";
     WebSocketsOpen => "herald_websockets_open", Gauge, "", "Open WebSocket connections, per worker.";
     Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
-    Topics => "herald_topics", Gauge, "", "Topics known to the worker, per worker.";
+    Topics => "herald_topics", Gauge, "", "Topics with local subscribers (what max_topics_per_worker caps), per worker.";
+    TopicsKnown => "herald_topics_known", Gauge, "", "Topics the worker indexes: its own and those only other workers' clients use, per worker.";
     OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
 }

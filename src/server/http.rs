@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::conn::{Endpoint, Phase};
+use super::conn::{Endpoint, JsonSubs, Phase};
 use super::worker::{mark_dirty, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
@@ -212,12 +212,13 @@ impl Worker {
         let awaiting = !admitted.auth.is_open();
         let endpoint = match route {
             Route::Echo => Endpoint::Echo,
-            Route::Ws => Endpoint::Json(Vec::new()),
+            Route::Ws => Endpoint::Json(JsonSubs::new(self.now)),
             Route::Pub(t) => Endpoint::Pub(t.into()),
             Route::Sub(t) if awaiting => Endpoint::SubPending(t.into()),
             Route::Sub(t) => match self.index.subscribe(t, key, SubKind::Raw) {
-                Ok(id) => Endpoint::Sub(id),
-                Err(IndexError::TooManyTopics) => {
+                Ok(sub) => Endpoint::Sub(sub),
+                // A /sub connection subscribes once in its life: the new-topic rate never applies to it.
+                Err(IndexError::TooManyTopics | IndexError::RateLimited) => {
                     self.metrics.inc(Metric::TopicLimit);
                     return Err(Refusal::Plain(503, "too many topics on this worker"));
                 }
