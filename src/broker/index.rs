@@ -253,7 +253,10 @@ impl TopicIndex {
             return Err(IndexError::RateLimited);
         }
         let id = self.intern(name);
-        let topic_u32 = u32::try_from(id).map_err(|_| IndexError::TooManyTopics)?;
+        let Some(topic_u32) = u32::try_from(id).ok().filter(|&t| t != FREE) else {
+            self.mark_changed(id); // the flush forgets it again
+            return Err(IndexError::TooManyTopics);
+        };
         let sub = match self.free {
             NO_FREE => {
                 self.subs.push(SubRec { topic: FREE, pos: 0 });
