@@ -59,9 +59,10 @@ fn each_worker_holds_its_own_cap_of_topics_whatever_the_others_hold() {
         let held = server.wait_metric(&format!("herald_topics{{worker=\"{w}\"}}"), CAP as u64, Duration::from_secs(5));
         assert_eq!(held, CAP as u64, "worker {w} counts exactly its own topics");
     }
-    assert_eq!(server.metric("herald_limit_hits_total{limit=\"max_topics_per_worker\"}"), refused as u64);
+    let hits = "herald_limit_hits_total{limit=\"max_topics_per_worker\"}";
+    assert_eq!(server.wait_metric(hits, refused as u64, Duration::from_secs(5)), refused as u64);
     // Each worker also knows the other's topics (for broadcast), beyond its own cap.
-    let known = server.metric("herald_topics_known");
+    let known = server.wait_metric("herald_topics_known", 4 * CAP as u64, Duration::from_secs(5));
     assert_eq!(known, 4 * CAP as u64, "each worker indexes its own topics and the other's");
 }
 
@@ -100,9 +101,6 @@ fn new_topics_past_the_per_connection_rate_are_refused_with_rate_limited() {
     assert!(limited > 0);
     ws.send(Message::text(r#"{"type":"subscribe","topic":"shared","id":"s"}"#)).expect("send");
     assert_eq!(reply(&mut ws)["type"], "ack", "a topic the worker already has is not a new one");
-    assert_eq!(
-        server.metric("herald_limit_hits_total{limit=\"max_new_topics_per_second\"}"),
-        limited,
-        "every refusal is counted"
-    );
+    let hits = "herald_limit_hits_total{limit=\"max_new_topics_per_second\"}";
+    assert_eq!(server.wait_metric(hits, limited, Duration::from_secs(5)), limited, "every refusal is counted");
 }
