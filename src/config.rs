@@ -637,8 +637,15 @@ section! {
         max_request_head: Size = Size::kib(8);
         /// Most topics one connection may subscribe to (default 128).
         max_subscriptions: usize = 128;
-        /// Most topics with local subscribers per worker (default 100000).
+        /// Most topics with local subscribers per worker (default 100000); topics only other workers' clients
+        /// use do not count.
         max_topics_per_worker: usize = 100_000;
+        /// Topics new to its worker one /ws connection may create per second, after a burst of
+        /// new_topics_burst; past it, `rate_limited` (default 32; 0 = no limit).
+        max_new_topics_per_second: usize = 32;
+        /// New topics one /ws connection may create at once before max_new_topics_per_second applies (default
+        /// 32; at least 1).
+        new_topics_burst: usize = 32;
         /// Cap on one connection's queued outbound bytes (default 1MiB); past it the slow-consumer policy applies.
         max_backpressure: Size = Size::mib(1);
         /// What to do with a subscriber past max_backpressure: close (1008) or drop (default close).
@@ -880,6 +887,12 @@ impl Config {
         if l.max_json_depth == 0 {
             return Err(invalid("limits.max_json_depth", "must be at least 1"));
         }
+        if l.max_new_topics_per_second > u32::MAX as usize {
+            return Err(invalid("limits.max_new_topics_per_second", "must be at most 4294967295"));
+        }
+        if l.new_topics_burst == 0 || l.new_topics_burst > u32::MAX as usize {
+            return Err(invalid("limits.new_topics_burst", "must be between 1 and 4294967295"));
+        }
         if l.max_connections == 0 {
             l.max_connections = default_max_connections();
         }
@@ -963,6 +976,7 @@ mod tests {
         assert_eq!(c.limits.max_frame_size, Size::mib(1), "max_frame_size defaults to max_message_size");
         assert_eq!(c.limits.max_backpressure, Size::mib(1));
         assert_eq!(c.limits.max_subscriptions, 128);
+        assert_eq!((c.limits.max_new_topics_per_second, c.limits.new_topics_burst), (32, 32));
         assert_eq!(c.timeouts.handshake_timeout.0, Duration::from_secs(5));
         assert_eq!(c.timeouts.idle_timeout.0, Duration::from_secs(120));
         assert!(c.server.pin);
@@ -1001,6 +1015,8 @@ mod tests {
         let err =
             Config::from_toml("[limits]\nmax_receive_memory = \"512KiB\"\n", &cli(&[])).expect_err("budget < msg");
         assert!(err.to_string().contains("limits.max_receive_memory"), "{err}");
+        let err = Config::from_toml("[limits]\nnew_topics_burst = 0\n", &cli(&[])).expect_err("empty burst");
+        assert!(err.to_string().contains("limits.new_topics_burst"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,7 @@ series! {
     TopicLimit => "herald_limit_hits_total", Counter, "limit=\"max_topics_per_worker\"", "";
     ReceiveMemoryLimit => "herald_limit_hits_total", Counter, "limit=\"max_receive_memory\"", "";
     JsonDepthLimit => "herald_limit_hits_total", Counter, "limit=\"max_json_depth\"", "";
+    NewTopicRateLimit => "herald_limit_hits_total", Counter, "limit=\"max_new_topics_per_second\"", "";
     ReadPauses => "herald_read_pauses_total", Counter, "", "Times reading from a connection was paused because its own queued replies passed max_backpressure.";
     Close1000 => "herald_close_codes_sent_total", Counter, "code=\"1000\"", "Close frames sent, by code.";
     Close1001 => "herald_close_codes_sent_total", Counter, "code=\"1001\"", "";
@@ -90,7 +91,8 @@ series! {
     ConnectionsOpen => "herald_connections_open", Gauge, "", "Open connections (all phases), per worker.";
     WebSocketsOpen => "herald_websockets_open", Gauge, "", "Open WebSocket connections, per worker.";
     Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
-    Topics => "herald_topics", Gauge, "", "Topics known to the worker, per worker.";
+    Topics => "herald_topics", Gauge, "", "Topics with local subscribers (what max_topics_per_worker caps), per worker.";
+    TopicsKnown => "herald_topics_known", Gauge, "", "Topics the worker indexes: its own and those only other workers' clients use, per worker.";
     OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
     PooledReadBuffers => "herald_read_buffers_pooled", Gauge, "", "Spare read buffers held by the worker's pool (shrinks back after load).";

@@ -5,6 +5,13 @@
 //! of the loop turn, or when a buffer reaches `coalesce_limit`, [`TopicIndex::flush`] freezes each buffer into
 //! one immutable `Bytes` and hands a reference of it to every local subscriber and to every other worker with
 //! subscribers of that topic. Per subscriber that is a refcount bump: no copy, no allocation.
+//!
+//! The index holds two kinds of topics: those with local subscribers (counted, and capped by
+//! `max_topics_per_worker`) and those only other workers' clients use (known from their interest
+//! announcements, so that publishes here reach them; bounded by the other workers' caps).
+//!
+//! Every subscription has a [`SubId`] that records where it sits in its topic's subscriber list; removing one
+//! is a swap-remove that updates the moved entry's record, O(1) however many subscribers the topic has.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +28,9 @@ pub type ConnKey = usize;
 
 /// A topic's key in one worker's index (meaningless on other workers).
 pub type TopicId = usize;
+
+/// A subscription's key in one worker's index: what a connection keeps to unsubscribe in O(1).
+pub type SubId = u32;
 
 /// Which framing a subscriber wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +50,51 @@ pub trait Deliver {
 /// Refusals from the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
-    /// The worker already holds `max_topics_per_worker` topics.
+    /// The worker already holds `max_topics_per_worker` topics with local subscribers (or, far beyond any
+    /// memory, its 2^31 subscription ids are all in use).
     #[error("too many topics on this worker")]
     TooManyTopics,
+    /// The subscription would create a topic new to this worker, and the caller's rate refused it.
+    #[error("new topics are being created too fast")]
+    RateLimited,
+}
+
+/// One entry of a topic's subscriber list: the connection, and the subscription that points back here.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    key: u32,
+    sub: SubId,
+}
+
+/// Where a subscription sits: its topic and its position in that topic's raw or JSON list (the top bit of
+/// `pos` says which). A free record holds `topic == FREE` and the next free id in `pos`.
+#[derive(Debug, Clone, Copy)]
+struct SubRec {
+    topic: u32,
+    pos: u32,
+}
+
+const FREE: u32 = u32::MAX;
+const JSON_BIT: u32 = 1 << 31;
+/// End of the free list.
+const NO_FREE: u32 = u32::MAX;
+
+impl SubRec {
+    fn kind(self) -> SubKind {
+        if self.pos & JSON_BIT != 0 {
+            SubKind::Json
+        } else {
+            SubKind::Raw
+        }
+    }
+    fn slot(self) -> usize {
+        (self.pos & !JSON_BIT) as usize
+    }
+    fn at(topic: u32, kind: SubKind, slot: usize) -> SubRec {
+        let bit = if kind == SubKind::Json { JSON_BIT } else { 0 };
+        // Slots stay below 2^31: a list has one entry per connection of the worker (bounded by descriptors).
+        SubRec { topic, pos: slot as u32 | bit }
+    }
 }
 
 #[derive(Debug)]
@@ -55,8 +107,8 @@ struct RemoteCount {
 #[derive(Debug)]
 struct Topic {
     name: Arc<str>,
-    raw: Vec<ConnKey>,
-    json: Vec<ConnKey>,
+    raw: Vec<Member>,
+    json: Vec<Member>,
     remote: Vec<RemoteCount>,
     pend_raw: BytesMut,
     pend_json: BytesMut,
@@ -68,6 +120,15 @@ struct Topic {
 }
 
 impl Topic {
+    fn has_local(&self) -> bool {
+        !self.raw.is_empty() || !self.json.is_empty()
+    }
+    fn list(&mut self, kind: SubKind) -> &mut Vec<Member> {
+        match kind {
+            SubKind::Raw => &mut self.raw,
+            SubKind::Json => &mut self.json,
+        }
+    }
     fn remote_raw(&self) -> bool {
         self.remote.iter().any(|r| r.raw > 0)
     }
@@ -86,9 +147,14 @@ pub struct TopicIndex {
     topics: Slab<Topic>,
     dirty: Vec<TopicId>,
     changed: Vec<TopicId>,
+    /// Every subscription's place, indexed by [`SubId`]; free records form a list from `free`.
+    subs: Vec<SubRec>,
+    free: u32,
     max_topics: usize,
     coalesce_limit: usize,
     subscriptions: usize,
+    /// Topics with at least one local subscriber: what `max_topics_per_worker` caps.
+    local_topics: usize,
 }
 
 impl TopicIndex {
@@ -100,14 +166,22 @@ impl TopicIndex {
             topics: Slab::new(),
             dirty: Vec::new(),
             changed: Vec::new(),
+            subs: Vec::new(),
+            free: NO_FREE,
             max_topics,
             coalesce_limit,
             subscriptions: 0,
+            local_topics: 0,
         }
     }
 
-    /// Number of topics known (with local subscribers or remote interest).
+    /// Number of topics with local subscribers (what `max_topics_per_worker` caps).
     pub fn topics(&self) -> usize {
+        self.local_topics
+    }
+
+    /// Number of topics known: with local subscribers, or used only by other workers' clients.
+    pub fn known_topics(&self) -> usize {
         self.topics.len()
     }
 
@@ -135,6 +209,17 @@ impl TopicIndex {
         self.by_name.get(name).copied()
     }
 
+    /// The topic of subscription `sub`, if it is live.
+    pub fn topic_of(&self, sub: SubId) -> Option<TopicId> {
+        self.subs.get(sub as usize).filter(|r| r.topic != FREE).map(|r| r.topic as usize)
+    }
+
+    /// Whether a subscription to `name` would add a topic with local subscribers (one the cap and the
+    /// new-topic rate count): the worker does not know it, or knows it only from other workers.
+    pub fn is_new_here(&self, name: &str) -> bool {
+        self.by_name.get(name).is_none_or(|&id| !self.topics[id].has_local())
+    }
+
     fn intern(&mut self, name: &str) -> TopicId {
         if let Some(&id) = self.by_name.get(name) {
             return id;
@@ -157,33 +242,81 @@ impl TopicIndex {
     }
 
     /// Adds `key` as a subscriber of `name`.
-    pub fn subscribe(&mut self, name: &str, key: ConnKey, kind: SubKind) -> Result<TopicId, IndexError> {
-        if !self.by_name.contains_key(name) && self.topics.len() >= self.max_topics {
+    pub fn subscribe(&mut self, name: &str, key: ConnKey, kind: SubKind) -> Result<SubId, IndexError> {
+        self.subscribe_with(name, key, kind, || true)
+    }
+
+    /// Adds `key` as a subscriber of `name`; when that adds a topic with local subscribers, the cap must have
+    /// room and then `admit_new` must agree (a rate limit), else nothing changes.
+    pub fn subscribe_with(
+        &mut self,
+        name: &str,
+        key: ConnKey,
+        kind: SubKind,
+        admit_new: impl FnOnce() -> bool,
+    ) -> Result<SubId, IndexError> {
+        let new_here = self.is_new_here(name);
+        if new_here && self.local_topics >= self.max_topics {
             return Err(IndexError::TooManyTopics);
         }
+        let key = u32::try_from(key).map_err(|_| IndexError::TooManyTopics)?;
+        if self.free == NO_FREE && self.subs.len() >= JSON_BIT as usize {
+            return Err(IndexError::TooManyTopics);
+        }
+        if new_here && !admit_new() {
+            return Err(IndexError::RateLimited);
+        }
         let id = self.intern(name);
-        let topic = &mut self.topics[id];
-        match kind {
-            SubKind::Raw => topic.raw.push(key),
-            SubKind::Json => topic.json.push(key),
+        let Some(topic_u32) = u32::try_from(id).ok().filter(|&t| t != FREE) else {
+            self.mark_changed(id); // the flush forgets it again
+            return Err(IndexError::TooManyTopics);
+        };
+        let sub = match self.free {
+            NO_FREE => {
+                self.subs.push(SubRec { topic: FREE, pos: 0 });
+                (self.subs.len() - 1) as SubId
+            }
+            free => {
+                self.free = self.subs[free as usize].pos;
+                free
+            }
+        };
+        let list = self.topics[id].list(kind);
+        self.subs[sub as usize] = SubRec::at(topic_u32, kind, list.len());
+        list.push(Member { key, sub });
+        if new_here {
+            self.local_topics += 1;
         }
         self.subscriptions += 1;
         self.mark_changed(id);
-        Ok(id)
+        Ok(sub)
     }
 
-    /// Removes `key` from `id`'s subscribers (no-op if it is not one).
-    pub fn unsubscribe(&mut self, id: TopicId, key: ConnKey, kind: SubKind) {
-        let Some(topic) = self.topics.get_mut(id) else { return };
-        let list = match kind {
-            SubKind::Raw => &mut topic.raw,
-            SubKind::Json => &mut topic.json,
-        };
-        if let Some(pos) = list.iter().position(|&k| k == key) {
-            list.swap_remove(pos);
-            self.subscriptions -= 1;
-            self.mark_changed(id);
+    /// Ends subscription `sub` of connection `key` in O(1): swap-removes it from its topic's list and records
+    /// the moved entry's new place. A no-op if `sub` is not a live subscription of `key`.
+    pub fn unsubscribe(&mut self, sub: SubId, key: ConnKey) {
+        let Some(&rec) = self.subs.get(sub as usize) else { return };
+        if rec.topic == FREE {
+            return;
         }
+        let id = rec.topic as usize;
+        let Some(topic) = self.topics.get_mut(id) else { return };
+        let list = topic.list(rec.kind());
+        let slot = rec.slot();
+        if list.get(slot).is_none_or(|m| m.sub != sub || m.key as usize != key) {
+            return;
+        }
+        list.swap_remove(slot);
+        if let Some(moved) = list.get(slot) {
+            self.subs[moved.sub as usize] = SubRec::at(rec.topic, rec.kind(), slot);
+        }
+        if !topic.has_local() {
+            self.local_topics -= 1;
+        }
+        self.subs[sub as usize] = SubRec { topic: FREE, pos: self.free };
+        self.free = sub;
+        self.subscriptions -= 1;
+        self.mark_changed(id);
     }
 
     fn mark_changed(&mut self, id: TopicId) {
@@ -278,13 +411,13 @@ impl TopicIndex {
         let raw = (!topic.pend_raw.is_empty()).then(|| std::mem::take(&mut topic.pend_raw).freeze());
         let json = (!topic.pend_json.is_empty()).then(|| std::mem::take(&mut topic.pend_json).freeze());
         if let Some(raw) = &raw {
-            for &key in &topic.raw {
-                out.deliver(key, raw, messages);
+            for m in &topic.raw {
+                out.deliver(m.key as ConnKey, raw, messages);
             }
         }
         if let Some(json) = &json {
-            for &key in &topic.json {
-                out.deliver(key, json, messages);
+            for m in &topic.json {
+                out.deliver(m.key as ConnKey, json, messages);
             }
         }
         for r in &topic.remote {
@@ -305,13 +438,13 @@ impl TopicIndex {
         let Some(&id) = self.by_name.get(&*batch.topic) else { return };
         let topic = &self.topics[id];
         if let Some(raw) = &batch.raw {
-            for &key in &topic.raw {
-                out.deliver(key, raw, batch.messages);
+            for m in &topic.raw {
+                out.deliver(m.key as ConnKey, raw, batch.messages);
             }
         }
         if let Some(json) = &batch.json {
-            for &key in &topic.json {
-                out.deliver(key, json, batch.messages);
+            for m in &topic.json {
+                out.deliver(m.key as ConnKey, json, batch.messages);
             }
         }
     }
@@ -412,6 +545,134 @@ mod tests {
         index.subscribe("a", 1, SubKind::Raw).expect("first topic");
         assert_eq!(index.subscribe("b", 1, SubKind::Raw), Err(IndexError::TooManyTopics));
         assert!(index.subscribe("a", 2, SubKind::Json).is_ok(), "an existing topic takes more subscribers");
+    }
+
+    #[test]
+    fn topics_known_only_from_other_workers_do_not_count_against_the_cap() {
+        let mut index = TopicIndex::new(2, 1024);
+        for name in ["r1", "r2", "r3"] {
+            index.set_remote(name, 1, 1, 0);
+        }
+        index.subscribe("a", 1, SubKind::Raw).expect("remote-only topics leave room for local ones");
+        index.subscribe("r1", 2, SubKind::Json).expect("a remote topic gains its first local subscriber");
+        assert_eq!(index.subscribe("b", 3, SubKind::Raw), Err(IndexError::TooManyTopics), "2 local topics: full");
+        assert_eq!(
+            index.subscribe("r2", 3, SubKind::Raw),
+            Err(IndexError::TooManyTopics),
+            "a remote-only topic becomes a local one: it counts"
+        );
+    }
+
+    #[test]
+    fn the_last_local_unsubscribe_gives_the_topic_room_back() {
+        let mut index = TopicIndex::new(1, 1024);
+        let a1 = index.subscribe("a", 1, SubKind::Raw).expect("first topic");
+        let a2 = index.subscribe("a", 2, SubKind::Json).expect("same topic");
+        assert_eq!(index.topics(), 1);
+        index.unsubscribe(a1, 1);
+        assert_eq!(index.subscribe("b", 3, SubKind::Raw), Err(IndexError::TooManyTopics), "a still has a subscriber");
+        index.unsubscribe(a2, 2);
+        assert_eq!(index.topics(), 0, "no local subscriber left: no longer counted, even before the flush");
+        index.subscribe("b", 3, SubKind::Raw).expect("room again");
+    }
+
+    #[test]
+    fn unsubscribe_ignores_a_subscription_that_is_not_the_callers() {
+        let mut index = TopicIndex::new(4, 1024);
+        let sub = index.subscribe("a", 1, SubKind::Raw).expect("room");
+        index.unsubscribe(sub, 2);
+        index.unsubscribe(sub + 1, 1);
+        assert_eq!(index.subscriptions(), 1, "wrong key, unknown id: nothing removed");
+        index.unsubscribe(sub, 1);
+        index.unsubscribe(sub, 1);
+        assert_eq!(index.subscriptions(), 0, "a second unsubscribe is a no-op");
+    }
+
+    #[test]
+    fn the_new_topic_check_is_asked_only_for_topics_new_to_the_worker() {
+        let mut index = TopicIndex::new(10, 1024);
+        index.set_remote("remote", 1, 1, 0);
+        index.subscribe("old", 1, SubKind::Json).expect("room");
+        assert!(index.subscribe_with("old", 2, SubKind::Json, || false).is_ok(), "old has local subscribers");
+        assert_eq!(
+            index.subscribe_with("remote", 2, SubKind::Json, || false),
+            Err(IndexError::RateLimited),
+            "a topic only other workers use is new here"
+        );
+        assert_eq!(index.subscribe_with("fresh", 2, SubKind::Json, || false), Err(IndexError::RateLimited));
+        assert_eq!((index.topics(), index.subscriptions()), (1, 2), "a refusal changes nothing");
+        assert_eq!(index.lookup("fresh"), None);
+    }
+
+    /// Checks the index against a model of live subscriptions `(sub, topic, key, kind)`.
+    fn check_against(index: &TopicIndex, model: &[(SubId, String, ConnKey, SubKind)]) {
+        assert_eq!(index.subscriptions(), model.len());
+        let mut names: Vec<&str> = model.iter().map(|m| m.1.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(index.topics(), names.len(), "topics with local subscribers");
+        for &(sub, ref name, key, kind) in model {
+            let id = index.lookup(name).expect("a subscribed topic is known");
+            assert_eq!(index.topic_of(sub), Some(id));
+            let rec = index.subs[sub as usize];
+            assert_eq!(rec.kind(), kind);
+            let list = match kind {
+                SubKind::Raw => &index.topics[id].raw,
+                SubKind::Json => &index.topics[id].json,
+            };
+            let member = list[rec.slot()];
+            assert_eq!((member.sub, member.key as ConnKey), (sub, key), "the record points at its own entry");
+        }
+        for (_, topic) in &index.topics {
+            let mut listed: Vec<(u32, SubId)> = topic.raw.iter().chain(&topic.json).map(|m| (m.key, m.sub)).collect();
+            let mut expected: Vec<(u32, SubId)> =
+                model.iter().filter(|m| *m.1 == *topic.name).map(|m| (m.2 as u32, m.0)).collect();
+            listed.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(listed, expected, "topic {} lists exactly its subscribers", topic.name);
+        }
+    }
+
+    proptest::proptest! {
+        /// Any sequence of subscribes and unsubscribes (including repeats, wrong keys and flushes) leaves every
+        /// topic listing exactly its live subscribers, every record pointing at its entry, and the counts right.
+        #[test]
+        fn random_subscribe_and_unsubscribe_sequences_keep_the_index_exact(
+            ops in proptest::collection::vec((0u8..4, 0usize..5, 0usize..6, proptest::bool::ANY, 0usize..64), 1..200)
+        ) {
+            let (_p, mut mesh, _in) = mesh(1, 0);
+            let mut index = TopicIndex::new(3, 1024);
+            let mut model: Vec<(SubId, String, ConnKey, SubKind)> = Vec::new();
+            let mut sink = Sink::default();
+            for (op, topic, key, json, pick) in ops {
+                let kind = if json { SubKind::Json } else { SubKind::Raw };
+                match op {
+                    0 | 1 => {
+                        let name = format!("t{topic}");
+                        let full = index.topics() >= 3 && !model.iter().any(|m| m.1 == name);
+                        match index.subscribe(&name, key, kind) {
+                            Ok(sub) => {
+                                proptest::prop_assert!(!full, "past the cap");
+                                model.push((sub, name, key, kind));
+                            }
+                            Err(e) => proptest::prop_assert!(full, "refused with room: {e}"),
+                        }
+                    }
+                    2 if !model.is_empty() => {
+                        let (sub, _, key, _) = model.swap_remove(pick % model.len());
+                        index.unsubscribe(sub, key);
+                    }
+                    2 => {}
+                    _ => {
+                        if let Some(m) = model.get(pick % model.len().max(1)) {
+                            index.unsubscribe(m.0, m.2 + 1); // not its key: ignored
+                        }
+                        index.flush(&mut sink, &mut mesh);
+                    }
+                }
+                check_against(&index, &model);
+            }
+        }
     }
 
     #[test]

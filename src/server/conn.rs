@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 
 use super::outbox::Outbox;
-use crate::broker::index::TopicId;
+use crate::broker::index::SubId;
+use crate::broker::rate::Gcra;
 use crate::protocol::auth::ConnAuth;
 use crate::protocol::conn::Connection;
 
@@ -22,13 +23,29 @@ pub enum Endpoint {
     /// `/echo`: every message comes back.
     Echo,
     /// `/sub/{topic}`: receives the topic's messages.
-    Sub(TopicId),
+    Sub(SubId),
     /// `/sub/{topic}` in auth message mode: subscribed once the auth message allows it.
     SubPending(Arc<str>),
     /// `/pub/{topic}`: every message is published to the topic.
     Pub(Arc<str>),
-    /// `/ws`: the JSON control protocol; the topics it subscribed to.
-    Json(Vec<TopicId>),
+    /// `/ws`: the JSON control protocol.
+    Json(JsonSubs),
+}
+
+/// A `/ws` connection's subscriptions, and its allowance for topics new to the worker.
+#[derive(Debug)]
+pub struct JsonSubs {
+    /// Its subscriptions (at most `max_subscriptions`, one per topic).
+    pub subs: Vec<SubId>,
+    /// Paces the topics it adds to the worker (`max_new_topics_per_second`, `new_topics_burst`).
+    pub new_topics: Gcra,
+}
+
+impl JsonSubs {
+    /// No subscriptions, and a full new-topic allowance at `now`.
+    pub fn new(now: Instant) -> Self {
+        JsonSubs { subs: Vec::new(), new_topics: Gcra::new(now) }
+    }
 }
 
 /// Where a connection is in its life.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::conn::{Endpoint, Phase, VIA_PROXY};
+use super::conn::{Endpoint, JsonSubs, Phase, VIA_PROXY};
 use super::worker::{mark_dirty, Worker};
 use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
@@ -279,12 +279,13 @@ impl Worker {
         let awaiting = !admitted.auth.is_open();
         let endpoint = match route {
             Route::Echo => Endpoint::Echo,
-            Route::Ws => Endpoint::Json(Vec::new()),
+            Route::Ws => Endpoint::Json(JsonSubs::new(self.now)),
             Route::Pub(t) => Endpoint::Pub(t.into()),
             Route::Sub(t) if awaiting => Endpoint::SubPending(t.into()),
             Route::Sub(t) => match self.index.subscribe(t, key, SubKind::Raw) {
-                Ok(id) => Endpoint::Sub(id),
-                Err(IndexError::TooManyTopics) => {
+                Ok(sub) => Endpoint::Sub(sub),
+                // A /sub connection subscribes once in its life: the new-topic rate never applies to it.
+                Err(IndexError::TooManyTopics | IndexError::RateLimited) => {
                     self.metrics.inc(Metric::TopicLimit);
                     return Err(Refusal::Plain(503, "too many topics on this worker"));
                 }

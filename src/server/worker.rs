@@ -24,7 +24,7 @@ use super::conn::{
 };
 use super::loglimit::LogLimit;
 use super::pool::ReadPool;
-use crate::broker::index::{ConnKey, Deliver, SubKind, TopicIndex};
+use crate::broker::index::{ConnKey, Deliver, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::metrics::{Counters, Metric, WorkerSlot};
@@ -333,6 +333,7 @@ impl Worker {
         }
         self.metrics.set(Metric::Subscriptions, self.index.subscriptions() as u64);
         self.metrics.set(Metric::Topics, self.index.topics() as u64);
+        self.metrics.set(Metric::TopicsKnown, self.index.known_topics() as u64);
         self.metrics.publish(&self.shared.slots[self.id]);
     }
 
@@ -842,10 +843,10 @@ impl Worker {
         if let Phase::WebSocket { endpoint, .. } = &conn.phase {
             self.metrics.sub(Metric::WebSocketsOpen, 1);
             match endpoint {
-                Endpoint::Sub(topic) => self.index.unsubscribe(*topic, key, SubKind::Raw),
-                Endpoint::Json(topics) => {
-                    for t in topics {
-                        self.index.unsubscribe(*t, key, SubKind::Json);
+                Endpoint::Sub(sub) => self.index.unsubscribe(*sub, key),
+                Endpoint::Json(json) => {
+                    for &sub in &json.subs {
+                        self.index.unsubscribe(sub, key);
                     }
                 }
                 Endpoint::Echo | Endpoint::Pub(_) | Endpoint::SubPending(_) => {}

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::conn::{Conn, Endpoint, Phase};
 use super::worker::{mark_dirty, Sink, Worker};
-use crate::broker::index::{ConnKey, IndexError, SubKind, TopicId};
+use crate::broker::index::{ConnKey, IndexError, SubKind};
 use crate::broker::topic;
 use crate::control::{self, ControlRequest};
 use crate::metrics::Metric;
@@ -175,12 +175,13 @@ impl Worker {
             Endpoint::SubPending(t) => {
                 let t = t.clone();
                 match self.index.subscribe(&t, key, SubKind::Raw) {
-                    Ok(id) => {
+                    Ok(sub) => {
                         if let Some(Conn { phase: Phase::WebSocket { endpoint, .. }, .. }) = self.conns.get_mut(key) {
-                            *endpoint = Endpoint::Sub(id);
+                            *endpoint = Endpoint::Sub(sub);
                         }
                     }
-                    Err(IndexError::TooManyTopics) => {
+                    // A /sub connection subscribes once in its life: the new-topic rate never applies to it.
+                    Err(IndexError::TooManyTopics | IndexError::RateLimited) => {
                         self.metrics.inc(Metric::TopicLimit);
                         self.close_ws(key, CloseCode::POLICY.0, "too many topics on this worker");
                     }
@@ -308,47 +309,57 @@ impl Worker {
         }
     }
 
-    fn json_topics(&mut self, key: ConnKey) -> Option<&mut Vec<TopicId>> {
-        match &mut self.conns.get_mut(key)?.phase {
-            Phase::WebSocket { endpoint: Endpoint::Json(topics), .. } => Some(topics),
-            _ => None,
-        }
-    }
-
+    /// Subscribes a `/ws` connection to `name`: idempotent; refused past `max_subscriptions`, past
+    /// `max_topics_per_worker`, or when the topic is new to the worker and the connection is past its
+    /// new-topic rate.
     fn json_subscribe(&mut self, key: ConnKey, name: &str) -> Result<(), (&'static str, &'static str)> {
         let name = topic::validate(name)
             .map_err(|_| ("invalid_topic", "topic names are 1 to 128 bytes of A-Z a-z 0-9 . _ : -"))?;
+        let limits = &self.cfg.limits;
+        let (max, per_second, burst) = (
+            limits.max_subscriptions,
+            u32::try_from(limits.max_new_topics_per_second).unwrap_or(u32::MAX),
+            u32::try_from(limits.new_topics_burst).unwrap_or(u32::MAX),
+        );
+        let now = self.now;
         let existing = self.index.lookup(name);
-        let max = self.cfg.limits.max_subscriptions;
-        let topics = self.json_topics(key).ok_or(("internal", "not a /ws connection"))?;
-        if existing.is_some_and(|id| topics.contains(&id)) {
+        let Some(Conn { phase: Phase::WebSocket { endpoint: Endpoint::Json(json), .. }, .. }) = self.conns.get_mut(key)
+        else {
+            return Err(("internal", "not a /ws connection"));
+        };
+        if existing.is_some_and(|id| json.subs.iter().any(|&s| self.index.topic_of(s) == Some(id))) {
             return Ok(()); // already subscribed: idempotent
         }
-        if topics.len() >= max {
+        if json.subs.len() >= max {
             self.metrics.inc(Metric::SubscriptionLimit);
             return Err(("too_many_subscriptions", "max_subscriptions reached for this connection"));
         }
-        match self.index.subscribe(name, key, SubKind::Json) {
-            Ok(id) => {
-                if let Some(topics) = self.json_topics(key) {
-                    topics.push(id);
-                }
+        let pace = &mut json.new_topics;
+        match self.index.subscribe_with(name, key, SubKind::Json, || pace.admit(now, per_second, burst)) {
+            Ok(sub) => {
+                json.subs.push(sub);
                 Ok(())
             }
             Err(IndexError::TooManyTopics) => {
                 self.metrics.inc(Metric::TopicLimit);
                 Err(("too_many_topics", "max_topics_per_worker reached"))
             }
+            Err(IndexError::RateLimited) => {
+                self.metrics.inc(Metric::NewTopicRateLimit);
+                Err(("rate_limited", "new topics past max_new_topics_per_second for this connection"))
+            }
         }
     }
 
     fn json_unsubscribe(&mut self, key: ConnKey, name: &str) {
         let Some(id) = self.index.lookup(name) else { return };
-        let Some(topics) = self.json_topics(key) else { return };
-        if let Some(pos) = topics.iter().position(|&t| t == id) {
-            topics.swap_remove(pos);
-            self.index.unsubscribe(id, key, SubKind::Json);
-        }
+        let Some(Conn { phase: Phase::WebSocket { endpoint: Endpoint::Json(json), .. }, .. }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let Some(pos) = json.subs.iter().position(|&s| self.index.topic_of(s) == Some(id)) else { return };
+        let sub = json.subs.swap_remove(pos);
+        self.index.unsubscribe(sub, key);
     }
 }
 
