@@ -30,7 +30,7 @@ EXIT_PASSED, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 # "Informational" columns). Every other verdict fails: FAILED, UNIMPLEMENTED and ERROR for the exchange;
 # FAILED, UNCLEAN, WRONG CODE and FAILED BY CLIENT for the close. A push server must send the right close code
 # and drop its own TCP connections, so WRONG CODE and FAILED BY CLIENT are failures here even though Autobahn's
-# HTML report colours them amber/pale green. This is also kosoku's `CaseResult.passed`.
+# HTML report colours them amber/pale green.
 PASSING_BEHAVIOR = frozenset({"OK", "NON-STRICT", "INFORMATIONAL"})
 PASSING_CLOSE = frozenset({"OK", "INFORMATIONAL"})
 
@@ -234,7 +234,7 @@ async def run_all(url: str, case_ids: list[str], case_limit_s: float, run_limit_
         if stopped is None and time.monotonic() > deadline:
             stopped = f"the run reached --timeout {run_limit_s:g} s"
         if stopped is not None:
-            outcome = Outcome(case_id, NOT_RUN, None, None, stopped)
+            outcome = Outcome(case_id, NOT_RUN, None, None, "the run stopped early (see the note)")
         else:
             limit_s = min(case_limit_s, max(deadline - time.monotonic(), 1.0))
             outcome = await run_case(url, case_id, limit_s)
