@@ -130,7 +130,11 @@ fn every_carrier_authenticates_a_subscriber_in_handshake_mode() {
     for (i, ws) in clients.iter_mut().enumerate() {
         assert_eq!(text(ws), "hello", "client {i}");
     }
-    assert_eq!(srv.metric("herald_auth_checks_total{result=\"ok\"}"), 6 + 1, "5 sockets + the 101 probe + POST");
+    assert_eq!(
+        srv.wait_metric("herald_auth_checks_total{result=\"ok\"}", 6 + 1, Duration::from_secs(5)),
+        6 + 1,
+        "5 sockets + the 101 probe + POST"
+    );
 }
 
 /// Asserts a 401 with an `invalid_token` challenge mentioning `why`.
@@ -181,8 +185,8 @@ fn bad_tokens_are_refused_with_401_before_the_upgrade_and_keep_no_slot() {
     assert_401(&srv, "/sub/news", &[("X-Auth-Token", &none)], "algorithm not allowed");
     assert_401(&srv, "/sub/news", &[("X-Auth-Token", "not.a.jwt")], "malformed token");
 
-    assert_eq!(srv.metric("herald_handshakes_failed_total{status=\"401\"}"), 9);
-    assert_eq!(srv.metric("herald_auth_checks_total{result=\"unauthorized\"}"), 9);
+    assert_eq!(srv.wait_metric("herald_handshakes_failed_total{status=\"401\"}", 9, Duration::from_secs(5)), 9);
+    assert_eq!(srv.wait_metric("herald_auth_checks_total{result=\"unauthorized\"}", 9, Duration::from_secs(5)), 9);
     assert_eq!(srv.wait_metric("herald_websockets_open", 0, Duration::from_secs(5)), 0, "no slot kept");
 }
 
@@ -235,8 +239,8 @@ fn a_valid_token_for_another_topic_or_origin_gets_403() {
     assert_eq!(upgrade_raw(&srv, "/sub/news", &evil).0, 403, "origin not in the list");
     let cookie = format!("herald_token={t}");
     assert_eq!(upgrade_raw(&srv, "/sub/news", &[("Cookie", &cookie)]).0, 403, "cookie without an Origin");
-    assert_eq!(srv.metric("herald_auth_checks_total{result=\"forbidden\"}"), 2);
-    assert_eq!(srv.metric("herald_auth_checks_total{result=\"bad_origin\"}"), 2);
+    assert_eq!(srv.wait_metric("herald_auth_checks_total{result=\"forbidden\"}", 2, Duration::from_secs(5)), 2);
+    assert_eq!(srv.wait_metric("herald_auth_checks_total{result=\"bad_origin\"}", 2, Duration::from_secs(5)), 2);
 }
 
 #[test]
@@ -305,7 +309,7 @@ fn message_mode_waits_for_the_auth_message_and_acts_on_nothing_before_it() {
     publisher.send(Message::text(json!({"type": "auth", "token": good("erin")}).to_string())).expect("send");
     publisher.send(Message::text("first")).expect("send");
     assert_eq!(text(&mut sub), "first");
-    assert_eq!(srv.metric("herald_auth_closes_total{reason=\"timeout\"}"), 1);
+    assert_eq!(srv.wait_metric("herald_auth_closes_total{reason=\"timeout\"}", 1, Duration::from_secs(5)), 1);
 }
 
 #[test]
@@ -326,7 +330,7 @@ fn an_expiring_token_closes_with_4401_unless_refreshed_in_time() {
     let mut ws = connect_with(&srv, "/pub/news", &[("X-Auth-Token", &good("grace"))]);
     ws.send(Message::text("still here")).expect("publish");
     assert_eq!(text(&mut refreshed), "still here", "the refreshed connection outlives its first token");
-    assert_eq!(srv.metric("herald_auth_closes_total{reason=\"expired\"}"), 1);
+    assert_eq!(srv.wait_metric("herald_auth_closes_total{reason=\"expired\"}", 1, Duration::from_secs(5)), 1);
 }
 
 #[test]
@@ -356,7 +360,11 @@ fn per_message_mode_checks_each_request_and_caches_a_repeated_token() {
         6,
         "one verification, then the cache"
     );
-    assert_eq!(srv.metric("herald_auth_checks_total{result=\"ok\"}"), 1, "the one signature check");
+    assert_eq!(
+        srv.wait_metric("herald_auth_checks_total{result=\"ok\"}", 1, Duration::from_secs(5)),
+        1,
+        "the one signature check"
+    );
     // Raw endpoints authenticate at the upgrade in this mode.
     assert_eq!(upgrade_raw(&srv, "/sub/news", &[]).0, 401);
     assert_eq!(upgrade_raw(&srv, "/sub/news", &[("X-Auth-Token", &t)]).0, 101);
@@ -469,8 +477,12 @@ fn a_client_reconnecting_with_the_same_token_skips_the_signature_check() {
     for _ in 0..5 {
         assert_eq!(upgrade_raw(&srv, "/sub/news", &[("X-Auth-Token", &t)]).0, 101);
     }
-    assert_eq!(srv.metric("herald_auth_cache_hits_total{cache=\"verified\"}"), 4, "verified once, then remembered");
-    assert_eq!(srv.metric("herald_auth_checks_total{result=\"ok\"}"), 5);
+    assert_eq!(
+        srv.wait_metric("herald_auth_cache_hits_total{cache=\"verified\"}", 4, Duration::from_secs(5)),
+        4,
+        "verified once, then remembered"
+    );
+    assert_eq!(srv.wait_metric("herald_auth_checks_total{result=\"ok\"}", 5, Duration::from_secs(5)), 5);
     let off = Server::start(&["--workers", "1", "--auth-secret-file", &secret, "--auth-token-cache", "0"]);
     for _ in 0..3 {
         assert_eq!(upgrade_raw(&off, "/sub/news", &[("X-Auth-Token", &t)]).0, 101);
