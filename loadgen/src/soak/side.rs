@@ -5,9 +5,9 @@
 //! - churn: a client connects, subscribes (to a loaded topic, or a topic of its own that no one else uses, so
 //!   that the server must forget it again), and leaves: with a close handshake, a FIN after the upgrade, a FIN
 //!   half-way through the upgrade request, or an RST (`SO_LINGER` 0).
-//! - slow consumers: subscribers of loaded topics with a 4 KiB receive buffer that read nothing (stalled) or
-//!   a trickle for `stall`, then drain what is left: if the server closed them meanwhile, its slow-consumer
-//!   policy acted. Then they reconnect.
+//! - slow consumers: `/ws` connections subscribed to every loaded topic (so that their backlog grows fast)
+//!   with a 4 KiB receive buffer, that read nothing (stalled) or a trickle for `stall`, then drain what is
+//!   left: if the server closed them meanwhile, its slow-consumer policy acted. Then they reconnect.
 //! - bad handshakes: garbage bytes, a wrong `Sec-WebSocket-Version`, a head over herald's `max_request_head`,
 //!   an unknown path; each answer is counted by HTTP status (or as a silent close, or no answer).
 
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use herald::protocol::frame::{write_masked_frame, OpCode};
 
 use crate::client::{Handshake, HandshakeProgress};
 
@@ -265,8 +267,8 @@ fn churn(plan: &SidePlan, stats: &SideStats, stop: &AtomicBool) {
             return;
         }
         next += every;
-        // Even clients join a loaded topic, odd ones a topic of their own.
-        let topic = if i % 2 == 0 {
+        // Four clients in a row (one of each way to leave) join loaded topics, the next four topics of their own.
+        let topic = if (i / 4) % 2 == 0 {
             plan.topics[(i / 2) as usize % plan.topics.len()].clone()
         } else {
             format!("{}churn-{i}", plan.topic_prefix)
@@ -327,8 +329,8 @@ struct SlowConn {
     until: Instant,
 }
 
-/// Opens a slow consumer of `topic` with a small receive buffer.
-fn open_slow(plan: &SidePlan, topic: &str, nonce: u64) -> io::Result<TcpStream> {
+/// Opens a slow consumer of every loaded topic (on `/ws`) with a small receive buffer.
+fn open_slow(plan: &SidePlan, nonce: u64) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(plan.addr), Type::STREAM, Some(Protocol::TCP))?;
     // Before connect, so that the window never grows past it.
     socket.set_recv_buffer_size(SLOW_RCVBUF)?;
@@ -336,7 +338,13 @@ fn open_slow(plan: &SidePlan, topic: &str, nonce: u64) -> io::Result<TcpStream> 
     let mut sock: TcpStream = socket.into();
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.set_write_timeout(Some(IO_TIMEOUT))?;
-    upgrade(&mut sock, &plan.host, &format!("/sub/{topic}"), nonce)?;
+    upgrade(&mut sock, &plan.host, "/ws", nonce)?;
+    let mut requests = Vec::new();
+    for (i, topic) in plan.topics.iter().enumerate() {
+        let request = format!(r#"{{"type":"subscribe","topic":"{topic}","id":{i}}}"#);
+        write_masked_frame(&mut requests, true, OpCode::Text, request.as_bytes(), [1, 2, 3, 4]);
+    }
+    sock.write_all(&requests)?;
     sock.set_nonblocking(true)?;
     Ok(sock)
 }
@@ -362,8 +370,7 @@ fn slow(plan: &SidePlan, stats: &SideStats, stop: &AtomicBool) {
                         continue;
                     }
                     nonce += 1;
-                    let topic = &plan.topics[i % plan.topics.len()];
-                    match open_slow(plan, topic, nonce) {
+                    match open_slow(plan, nonce) {
                         Ok(sock) => *slot = Some(SlowConn { sock, reads: i % 2 == 1, until: now + plan.slow_stall }),
                         Err(_) => {
                             stats.slow_failed.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +390,8 @@ fn slow(plan: &SidePlan, stats: &SideStats, stop: &AtomicBool) {
                     *slot = None;
                 }
                 Some(c) if c.reads => match c.sock.read(&mut buf) {
+                    // The server closed it: count it now.
+                    Ok(0) => c.until = now,
                     Ok(n) => {
                         stats.slow_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
