@@ -263,7 +263,7 @@ fn judge(
         interval_s: plan.interval.as_secs_f64(),
         trend_warmup_s: warm,
         samples,
-        delivery: d.clone(),
+        delivery: *d,
         latency: Percentiles::of(&outcome.latency),
         disconnects: outcome.disconnects.summary(),
         side,
