@@ -297,6 +297,12 @@ struct SoakArgs {
     /// Longest wait for every subscriber to be confirmed by a probe message.
     #[arg(long, default_value = "10s")]
     probe_timeout: String,
+    /// Absolute tolerance of the RSS trend test (default 4MiB, plus 10%).
+    #[arg(long)]
+    rss_tolerance: Option<String>,
+    /// Absolute tolerance of the p99 trend test (default 2ms, plus 50%).
+    #[arg(long)]
+    p99_tolerance: Option<String>,
     /// Topic name prefix (default: `soak<pid>-`).
     #[arg(long)]
     topic_prefix: Option<String>,
@@ -563,6 +569,13 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         Some(pid) => Some(pid),
         None => soak::find_listener(cfg.target.addr.port()),
     };
+    let mut rules = soak::trend::RULES;
+    if let Some(text) = &args.rss_tolerance {
+        rules.rss_kib.abs = (plan::parse_size(text).context("--rss-tolerance")? / 1024) as f64;
+    }
+    if let Some(text) = &args.p99_tolerance {
+        rules.p99_ns.abs = plan::parse_duration(text).context("--p99-tolerance")?.as_nanos() as f64;
+    }
     let side = soak::side::SidePlan {
         addr: cfg.target.addr,
         host: cfg.target.host.clone(),
@@ -580,6 +593,7 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         interval,
         trend_warmup: plan::parse_duration(&args.trend_warmup).context("--trend-warmup")?,
         server_pid,
+        rules,
     };
     let report = soak::run(&cfg, &plan, args.common.quiet, |line| println!("{line}"))?;
     print!("{}", report.human());

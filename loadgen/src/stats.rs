@@ -498,6 +498,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gap_counts_the_messages_it_skipped_until_they_arrive_late() {
+        let mut c = RecvCounters::default();
+        let mut p = Pair::default();
+        for seq in [0, 1, 5, 3] {
+            c.count_sequence(p.record(seq));
+        }
+        assert_eq!((c.gaps, c.skipped, c.reordered), (1, 3, 1), "2, 3 and 4 skipped; 3 came late");
+        assert_eq!(c.skipped - c.reordered, 2, "2 and 4 are missing so far");
+    }
+
+    #[test]
     fn in_order_sequence_has_no_gaps() {
         let mut p = Pair::default();
         for s in 0..1000 {

@@ -25,7 +25,7 @@ use crate::report::{ns, si};
 use crate::stats::{Delivery, Percentiles};
 use crate::sys;
 use side::{Side, SidePlan, SideSnapshot};
-use trend::{Trend, RULES};
+use trend::{Rules, Trend};
 
 /// What a soak run does.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct SoakPlan {
     pub trend_warmup: Duration,
     /// The server's process id (`None`: not sampled).
     pub server_pid: Option<u32>,
+    /// The trend test's tolerances ([`trend::RULES`] unless widened on the command line).
+    pub rules: Rules,
 }
 
 /// One interval.
@@ -208,10 +210,10 @@ fn judge(
     };
     let sampled = plan.server_pid.is_some();
     let trends = Trends {
-        rss_kib: trend::judge(&if sampled { series(|s| s.rss_kib as f64) } else { Vec::new() }, RULES.rss_kib),
-        fds: trend::judge(&if sampled { series(|s| s.fds as f64) } else { Vec::new() }, RULES.fds),
-        loss: trend::judge(&series(|s| s.loss as f64), RULES.loss),
-        p99_ns: trend::judge(&series(|s| s.p99_ns as f64), RULES.p99_ns),
+        rss_kib: trend::judge(&if sampled { series(|s| s.rss_kib as f64) } else { Vec::new() }, plan.rules.rss_kib),
+        fds: trend::judge(&if sampled { series(|s| s.fds as f64) } else { Vec::new() }, plan.rules.fds),
+        loss: trend::judge(&series(|s| s.loss as f64), plan.rules.loss),
+        p99_ns: trend::judge(&series(|s| s.p99_ns as f64), plan.rules.p99_ns),
     };
     let mut failures = Vec::new();
     for (name, t) in
@@ -268,7 +270,7 @@ fn judge(
         disconnects: outcome.disconnects.summary(),
         side,
         trends,
-        rules: RULES,
+        rules: plan.rules,
         passed: failures.is_empty(),
         failures,
     }
@@ -383,6 +385,10 @@ impl SoakReport {
             ("loss", &self.trends.loss),
             ("p99_ns", &self.trends.p99_ns),
         ] {
+            if t.samples < trend::MIN_SAMPLES {
+                let _ = writeln!(s, "trend {name}: {} samples, too few to judge", t.samples);
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "trend {name}: {} samples, median {:.0} -> {:.0}, fitted rise {:.0}, allowed {:.0}: {}",
