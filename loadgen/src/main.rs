@@ -8,7 +8,7 @@
 //!
 //! Modules: [`plan`] (what a run does), [`client`] (connect and handshake), [`auth`] (tokens and carriers),
 //! [`json`] (herald's `/ws` protocol, client side), [`scan`] (the receive fast path),
-//! [`engine`] (worker loops and phases), [`fanout`], [`findmax`], [`conns`] and [`echo`] (scenarios),
+//! [`engine`] (worker loops and phases), [`fanout`], [`findmax`], [`conns`], [`echo`] and [`soak`] (scenarios),
 //! [`stats`] (histograms, sequence tracking, failures), [`report`] (table, JSON, thresholds), [`plot`] (the
 //! SVG timeline), [`sys`] (clock, CPU time, timerfd, /proc).
 //!
