@@ -432,3 +432,45 @@ fn close_code_within(ws: &mut RawWs, timeout: Duration) -> Option<u16> {
         _ => None,
     }
 }
+
+/// Topic creation: one `/ws` client subscribing to new topics as fast as it can gets `rate_limited` past its
+/// burst, holds at most `max_subscriptions`, and leaves room for everyone else's topics.
+#[test]
+fn a_client_creating_topics_as_fast_as_it_can_is_rate_limited() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-topics-per-worker",
+        "1000",
+        "--max-new-topics-per-second",
+        "20",
+        "--new-topics-burst",
+        "20",
+    ]);
+    let control = Control::start(server.addr);
+    let mut ws = support::connect(&server.url("/ws"));
+    for i in 0..500 {
+        let req = format!(r#"{{"type":"subscribe","topic":"flood{i}","id":{i}}}"#);
+        ws.send(tungstenite::Message::text(req)).expect("send");
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for _ in 0..500 {
+        let reply: serde_json::Value = match support::next_data(&mut ws) {
+            tungstenite::Message::Text(t) => serde_json::from_str(t.as_str()).expect("JSON"),
+            other => panic!("expected text, got {other:?}"),
+        };
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("ack"), _) => acked += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            other => panic!("unexpected reply {other:?}: {reply}"),
+        }
+    }
+    assert!(acked <= 128, "{acked} topics created in one burst");
+    assert!(limited >= 300, "{limited} refused with rate_limited");
+    assert!(server.metric("herald_topics") <= 130, "the worker's topics stay bounded");
+    let mut other = support::connect(&server.url("/ws"));
+    other.send(tungstenite::Message::text(r#"{"type":"subscribe","topic":"mine","id":1}"#)).expect("send");
+    let reply = support::next_data(&mut other);
+    assert!(reply.to_text().expect("text").contains("\"ack\""), "another client still creates topics: {reply:?}");
+    control.assert_unharmed();
+}

@@ -8,7 +8,7 @@
 //!
 //! Modules: [`plan`] (what a run does), [`client`] (connect and handshake), [`auth`] (tokens and carriers),
 //! [`json`] (herald's `/ws` protocol, client side), [`scan`] (the receive fast path),
-//! [`engine`] (worker loops and phases), [`fanout`], [`findmax`], [`conns`] and [`echo`] (scenarios),
+//! [`engine`] (worker loops and phases), [`fanout`], [`findmax`], [`conns`], [`echo`] and [`soak`] (scenarios),
 //! [`stats`] (histograms, sequence tracking, failures), [`report`] (table, JSON, thresholds), [`plot`] (the
 //! SVG timeline), [`sys`] (clock, CPU time, timerfd, /proc).
 //!
@@ -28,6 +28,7 @@ mod plan;
 mod plot;
 mod report;
 mod scan;
+mod soak;
 mod stats;
 mod sys;
 
@@ -58,6 +59,9 @@ enum Command {
     Conns(Box<ConnsArgs>),
     /// C connections each keeping K messages in flight to an echo endpoint: round trips and their latency.
     Echo(Box<EchoArgs>),
+    /// Mixed traffic for a long time (fan-out, churn, slow consumers, bad handshakes); fails if the server's
+    /// RSS, descriptors, loss or p99 trend upward, or a well-behaved subscriber loses a message.
+    Soak(Box<SoakArgs>),
     /// Mint one JWT with the --jwt-* options and print it on stdout.
     Token(Box<TokenArgs>),
 }
@@ -246,6 +250,66 @@ struct EchoArgs {
 }
 
 #[derive(Debug, Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// How long to soak.
+    #[arg(long, default_value = "10m")]
+    duration: String,
+    /// Sampling period (one line, one point per interval).
+    #[arg(long, default_value = "10s")]
+    interval: String,
+    /// Samples before this are left out of the trend test.
+    #[arg(long, default_value = "60s")]
+    trend_warmup: String,
+    /// Well-behaved subscriber connections.
+    #[arg(long, default_value_t = 500)]
+    subs: usize,
+    /// Topics.
+    #[arg(long, default_value_t = 10)]
+    topics: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 10)]
+    pubs: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value = "256")]
+    size: String,
+    /// Messages per second over all publishers (open loop).
+    #[arg(long, default_value = "2000")]
+    rate: String,
+    /// Churn: connections per second that connect, subscribe and leave.
+    #[arg(long, default_value_t = 20.0)]
+    churn_rate: f64,
+    /// Slow consumers kept connected (half read nothing, half a trickle).
+    #[arg(long, default_value_t = 8)]
+    slow: usize,
+    /// How long a slow consumer lags before it drains and reconnects.
+    #[arg(long, default_value = "30s")]
+    slow_stall: String,
+    /// Bytes per second a trickling slow consumer reads.
+    #[arg(long, default_value = "2KiB")]
+    slow_read_rate: String,
+    /// Bad handshakes per second.
+    #[arg(long, default_value_t = 5.0)]
+    bad_rate: f64,
+    /// After the soak, how long to wait for messages still in flight.
+    #[arg(long, default_value = "5s")]
+    grace: String,
+    /// Longest wait for every subscriber to be confirmed by a probe message.
+    #[arg(long, default_value = "10s")]
+    probe_timeout: String,
+    /// Absolute tolerance of the RSS trend test (default 4MiB, plus 10%).
+    #[arg(long)]
+    rss_tolerance: Option<String>,
+    /// Absolute tolerance of the p99 trend test (default 2ms, plus 50%).
+    #[arg(long)]
+    p99_tolerance: Option<String>,
+    /// Topic name prefix (default: `soak<pid>-`).
+    #[arg(long)]
+    topic_prefix: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct TokenArgs {
     #[command(flatten)]
     jwt: auth::JwtArgs,
@@ -271,6 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Conns(args) => run_conns(*args),
         Command::Echo(args) => run_echo(*args),
         Command::Token(args) => run_token(*args),
+        Command::Soak(args) => run_soak(*args),
     }
 }
 
@@ -467,4 +532,76 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         report::write_json(path, &report)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    let cfg = engine_config(&args.common)?;
+    if cfg.auth.is_some() {
+        bail!("loadgen soak does not authenticate (its side traffic could not)");
+    }
+    let prefix = args.topic_prefix.unwrap_or_else(|| format!("soak{}-", std::process::id()));
+    let fanout = FanoutPlan {
+        subs: args.subs,
+        topics: args.topics,
+        pubs: args.pubs,
+        size: plan::parse_size(&args.size).context("--size")?,
+        rate: Rate::parse(&args.rate)?,
+        window: None,
+        batch: None,
+        warmup: std::time::Duration::ZERO,
+        duration: plan::parse_duration(&args.duration).context("--duration")?,
+        grace: plan::parse_duration(&args.grace).context("--grace")?,
+        probe_timeout: plan::parse_duration(&args.probe_timeout).context("--probe-timeout")?,
+        protocol: Protocol::Raw,
+        ws_path: "/ws".to_owned(),
+        sub_path: "/sub/{topic}".to_owned(),
+        pub_path: "/pub/{topic}".to_owned(),
+        topic_prefix: prefix.clone(),
+        text: false,
+    };
+    fanout.validate()?;
+    let interval = plan::parse_duration(&args.interval).context("--interval")?;
+    if interval < std::time::Duration::from_millis(100) || !(args.churn_rate >= 0.0 && args.bad_rate >= 0.0) {
+        bail!("--interval must be at least 100ms, --churn-rate and --bad-rate non-negative");
+    }
+    let server_pid = match args.common.server_pid {
+        Some(pid) => Some(pid),
+        None => soak::find_listener(cfg.target.addr.port()),
+    };
+    let mut rules = soak::trend::RULES;
+    if let Some(text) = &args.rss_tolerance {
+        rules.rss_kib.abs = (plan::parse_size(text).context("--rss-tolerance")? / 1024) as f64;
+    }
+    if let Some(text) = &args.p99_tolerance {
+        rules.p99_ns.abs = plan::parse_duration(text).context("--p99-tolerance")?.as_nanos() as f64;
+    }
+    let side = soak::side::SidePlan {
+        addr: cfg.target.addr,
+        host: cfg.target.host.clone(),
+        topics: (0..fanout.topics).map(|t| fanout.topic_name(t)).collect(),
+        topic_prefix: prefix,
+        churn_rate: args.churn_rate,
+        slow: args.slow,
+        slow_stall: plan::parse_duration(&args.slow_stall).context("--slow-stall")?,
+        slow_read_rate: plan::parse_size(&args.slow_read_rate).context("--slow-read-rate")?,
+        bad_rate: args.bad_rate,
+    };
+    let plan = soak::SoakPlan {
+        fanout,
+        side,
+        interval,
+        trend_warmup: plan::parse_duration(&args.trend_warmup).context("--trend-warmup")?,
+        server_pid,
+        rules,
+    };
+    let report = soak::run(&cfg, &plan, args.common.quiet, |line| println!("{line}"))?;
+    print!("{}", report.human());
+    if let Some(path) = &args.common.plot {
+        std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.common.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_THRESHOLD) })
 }

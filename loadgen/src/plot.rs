@@ -133,6 +133,70 @@ fn time_ticks(t_min: f64, t_max: f64) -> Vec<(f64, String)> {
         .collect()
 }
 
+/// One panel of [`panels_svg`]: its y-axis title and its series (name, one value per time), linear from zero.
+#[derive(Debug, Clone)]
+pub struct Panel<'a> {
+    /// The y-axis title.
+    pub label: &'a str,
+    /// Named series, each with one value per time.
+    pub series: Vec<(&'a str, Vec<f64>)>,
+}
+
+/// Stacked panels over one time axis (`t`, seconds), each linear from zero: the soak test's picture.
+pub fn panels_svg(title: &str, t: &[f64], panels: &[Panel<'_>], x_label: &str) -> String {
+    const COLORS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{LEFT}" y="24" font-size="15">{}</text>"#, escape(title));
+    if t.is_empty() || panels.is_empty() {
+        let _ = writeln!(s, r#"<text x="{LEFT}" y="80">no samples</text></svg>"#);
+        return s;
+    }
+    let t_min = t.iter().copied().fold(f64::INFINITY, f64::min).min(0.0);
+    let t_max = t.iter().copied().fold(f64::NEG_INFINITY, f64::max).max(t_min + 1.0);
+    let x = |v: f64| LEFT + (v - t_min) / (t_max - t_min) * (WIDTH - LEFT - RIGHT);
+    let (area_top, area_bottom, gap) = (40.0, HEIGHT - 50.0, 16.0);
+    let height = (area_bottom - area_top - gap * (panels.len() - 1) as f64) / panels.len() as f64;
+    let mut bounds = Vec::new();
+    for (i, panel) in panels.iter().enumerate() {
+        let top = area_top + i as f64 * (height + gap);
+        let bottom = top + height;
+        bounds.push((top, bottom));
+        let max =
+            panel.series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max);
+        let max = if max > 0.0 { max * 1.1 } else { 1.0 };
+        let y = |v: f64| bottom - v.clamp(0.0, max) / max * (bottom - top);
+        frame(&mut s, top, bottom, panel.label);
+        for k in 0..=2 {
+            let v = max * f64::from(k) / 2.0;
+            grid(&mut s, y(v), &si(v));
+        }
+        for (slot, (name, values)) in panel.series.iter().enumerate() {
+            let points = t.iter().zip(values).map(|(&tv, &v)| (x(tv), y(v)));
+            line(&mut s, points, COLORS[slot % COLORS.len()], name, top, slot as u32);
+        }
+    }
+    for (tv, label) in time_ticks(t_min, t_max) {
+        for &(top, bottom) in &bounds {
+            let _ = writeln!(s, r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{bottom}" stroke="#eee"/>"##, x(tv));
+        }
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#, x(tv), area_bottom + 16.0);
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+        area_bottom + 34.0,
+        escape(x_label)
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
 /// The panel's box and its y-axis title.
 fn frame(s: &mut String, top: f64, bottom: f64, label: &str) {
     let w = WIDTH - LEFT - RIGHT;
@@ -262,6 +326,19 @@ mod tests {
         assert!(svg("empty", &[]).contains("no samples"));
         let flat = svg("flat", &[tick(0.0, 0, 0)]);
         assert!(flat.contains("</svg>") && !flat.contains("NaN"));
+    }
+
+    #[test]
+    fn stacked_panels_draw_every_series_without_nan() {
+        let t = [0.0, 10.0, 20.0];
+        let panels = [
+            Panel { label: "rss", series: vec![("rss", vec![1.0, 2.0, 3.0])] },
+            Panel { label: "zero", series: vec![("a", vec![0.0; 3]), ("b", vec![0.0; 3])] },
+        ];
+        let svg = panels_svg("soak", &t, &panels, "seconds");
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(!svg.contains("NaN") && svg.trim_end().ends_with("</svg>"));
+        assert!(panels_svg("none", &[], &panels, "s").contains("no samples"));
     }
 
     #[test]

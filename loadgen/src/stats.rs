@@ -240,6 +240,8 @@ pub struct RecvCounters {
     pub reordered: u64,
     /// Times a subscriber saw a sequence jump forward (each gap may hold several messages).
     pub gaps: u64,
+    /// Messages jumped over by those gaps (some may still arrive late: see `reordered`).
+    pub skipped: u64,
     /// Messages whose payload was not loadgen's (too short, unknown publisher, wrong topic).
     pub foreign: u64,
     /// Probe messages received.
@@ -260,7 +262,10 @@ impl RecvCounters {
     pub fn count_sequence(&mut self, outcome: SeqOutcome) -> bool {
         match outcome {
             SeqOutcome::InOrder => {}
-            SeqOutcome::Gap(_) => self.gaps += 1,
+            SeqOutcome::Gap(n) => {
+                self.gaps += 1;
+                self.skipped += n;
+            }
             SeqOutcome::Late => self.reordered += 1,
             SeqOutcome::Duplicate => {
                 self.duplicates += 1;
@@ -280,6 +285,7 @@ impl RecvCounters {
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;
         self.gaps += o.gaps;
+        self.skipped += o.skipped;
         self.foreign += o.foreign;
         self.probes += o.probes;
         self.pings += o.pings;
@@ -490,6 +496,17 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_counts_the_messages_it_skipped_until_they_arrive_late() {
+        let mut c = RecvCounters::default();
+        let mut p = Pair::default();
+        for seq in [0, 1, 5, 3] {
+            c.count_sequence(p.record(seq));
+        }
+        assert_eq!((c.gaps, c.skipped, c.reordered), (1, 3, 1), "2, 3 and 4 skipped; 3 came late");
+        assert_eq!(c.skipped - c.reordered, 2, "2 and 4 are missing so far");
+    }
 
     #[test]
     fn in_order_sequence_has_no_gaps() {

@@ -137,6 +137,8 @@ pub struct Progress {
     pub measured: AtomicU64,
     /// Messages published.
     pub published: AtomicU64,
+    /// Messages known lost so far: skipped by a gap and not arrived late since (live, for `loadgen soak`).
+    pub lost: AtomicU64,
     /// Measured deliveries still missing once every publisher is done (`u64::MAX`: not computed yet).
     pub outstanding: AtomicU64,
 }

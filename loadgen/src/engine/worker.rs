@@ -284,6 +284,7 @@ impl Worker {
         let p = &self.shared.progress[self.id];
         p.received.store(self.counters.messages, Ordering::Relaxed);
         p.measured.store(self.counters.measured, Ordering::Relaxed);
+        p.lost.store(self.counters.skipped.saturating_sub(self.counters.reordered), Ordering::Relaxed);
         if self.now >= self.next_flush_ns {
             self.next_flush_ns = self.now + 1_000_000_000;
             self.flush_interval();

@@ -86,12 +86,49 @@ pub struct FanoutOutcome {
 
 /// Runs the fan-out scenario to completion.
 pub fn run(cfg: &EngineConfig, plan: FanoutPlan, opts: &RunOptions) -> Result<FanoutOutcome, RunError> {
+    let tty = opts.progress && std::io::stderr().is_terminal();
+    let mut started = start(cfg, plan, tty)?;
+
+    // Run: warm-up, window, grace.
+    let Window { measure, end, mut ticks, mut ticker, usage_start, usage_end, server_start, server_end } =
+        run_window(&started.shared, started.plan.warmup, started.plan.duration, opts.server_pid, tty);
+    started.grace();
+    let tick = ticker.take(&started.shared, measure);
+    ticks.push(tick);
+    if tty {
+        eprintln!();
+    }
+    started.finish(AssembleInput {
+        confirmed: (0, 0),
+        connect_phase: Duration::ZERO,
+        window: Duration::from_nanos(end - measure),
+        cpu_ns: usage_end.cpu_ns.saturating_sub(usage_start.cpu_ns),
+        usage_end,
+        server: server_start.zip(server_end),
+        ticks,
+        drained: false,
+    })
+}
+
+/// A fan-out run whose connections are open and confirmed, ready for its run phase ([`run_window`], or the
+/// soak test's own loop), then [`Started::finish`].
+pub(crate) struct Started {
+    pub(crate) plan: Arc<FanoutPlan>,
+    pub(crate) shared: Arc<Shared>,
+    handles: Vec<engine::WorkerHandle>,
+    confirmed: (u64, u64),
+    connect_phase: Duration,
+    drained: bool,
+}
+
+/// Spawns the workers, connects every subscriber and publisher, and probes until every subscriber that can
+/// be confirmed is (or the probe timeout passes).
+pub(crate) fn start(cfg: &EngineConfig, plan: FanoutPlan, tty: bool) -> Result<Started, RunError> {
     let plan = Arc::new(plan);
     let threads = cfg.threads.max(1);
     let shared = Arc::new(Shared::new(threads, plan.pubs));
     let loads = (0..threads).map(|t| Load::Fanout(Box::new(FanoutLocal::new(plan.clone(), t, threads)))).collect();
     let handles = engine::spawn(cfg, &shared, loads)?;
-    let tty = opts.progress && std::io::stderr().is_terminal();
     let total = (plan.subs + plan.pubs) as u64;
 
     // Connect.
@@ -138,39 +175,35 @@ pub fn run(cfg: &EngineConfig, plan: FanoutPlan, opts: &RunOptions) -> Result<Fa
     );
     // Let the last probes drain before the sequences start.
     std::thread::sleep(Duration::from_millis(20));
+    Ok(Started { plan, shared, handles, confirmed, connect_phase, drained: false })
+}
 
-    // Run: warm-up, window, grace.
-    let Window { measure, end, mut ticks, mut ticker, usage_start, usage_end, server_start, server_end } =
-        run_window(&shared, plan.warmup, plan.duration, opts.server_pid, tty);
-
-    // Grace: wait for every publisher to finish and every missing delivery to arrive, or the grace period.
-    let drained = wait_until(plan.grace, || {
-        let done = shared.pubs_done.load(Ordering::Acquire) >= plan.pubs;
-        let outstanding = shared.sum(|p| p.outstanding.load(Ordering::Relaxed).min(u64::MAX / 1024));
-        done && outstanding == 0
-    });
-    let tick = ticker.take(&shared, measure);
-    ticks.push(tick);
-    if tty {
-        eprintln!();
+impl Started {
+    /// After the window: waits for every publisher to finish and every missing delivery to arrive, or the
+    /// grace period; returns whether everything arrived.
+    pub(crate) fn grace(&mut self) -> bool {
+        let (shared, pubs) = (&self.shared, self.plan.pubs);
+        self.drained = wait_until(self.plan.grace, || {
+            let done = shared.pubs_done.load(Ordering::Acquire) >= pubs;
+            let outstanding = shared.sum(|p| p.outstanding.load(Ordering::Relaxed).min(u64::MAX / 1024));
+            done && outstanding == 0
+        });
+        self.drained
     }
-    shared.set_phase(Phase::Finish);
-    let results = engine::join(handles)?;
-    Ok(assemble(
-        &plan,
-        &shared,
-        results,
-        AssembleInput {
-            confirmed,
-            connect_phase,
-            window: Duration::from_nanos(end - measure),
-            cpu_ns: usage_end.cpu_ns.saturating_sub(usage_start.cpu_ns),
-            usage_end,
-            server: server_start.zip(server_end),
-            ticks,
-            drained,
-        },
-    ))
+
+    /// Stops the workers and does the delivery accounting (`input`'s confirmation, connect-phase and drained
+    /// figures are this run's own).
+    pub(crate) fn finish(self, input: AssembleInput) -> Result<FanoutOutcome, RunError> {
+        self.shared.set_phase(Phase::Finish);
+        let results = engine::join(self.handles)?;
+        let input = AssembleInput {
+            confirmed: self.confirmed,
+            connect_phase: self.connect_phase,
+            drained: self.drained,
+            ..input
+        };
+        Ok(assemble(&self.plan, &self.shared, results, input))
+    }
 }
 
 /// What the run phase of any scenario measured: the window's bounds, the per-second samples, and loadgen's and
@@ -253,15 +286,15 @@ pub(crate) fn run_window(
 }
 
 /// Main-thread figures handed to [`assemble`].
-struct AssembleInput {
-    confirmed: (u64, u64),
-    connect_phase: Duration,
-    window: Duration,
-    cpu_ns: u64,
-    usage_end: sys::Usage,
-    server: Option<(sys::ProcSample, sys::ProcSample)>,
-    ticks: Vec<Tick>,
-    drained: bool,
+pub(crate) struct AssembleInput {
+    pub(crate) confirmed: (u64, u64),
+    pub(crate) connect_phase: Duration,
+    pub(crate) window: Duration,
+    pub(crate) cpu_ns: u64,
+    pub(crate) usage_end: sys::Usage,
+    pub(crate) server: Option<(sys::ProcSample, sys::ProcSample)>,
+    pub(crate) ticks: Vec<Tick>,
+    pub(crate) drained: bool,
 }
 
 /// Merges the workers' results and does the delivery accounting.
