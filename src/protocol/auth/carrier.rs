@@ -105,10 +105,12 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The token after `bearer` in a `Sec-WebSocket-Protocol` list.
+/// The token after `bearer` in a `Sec-WebSocket-Protocol` list. The name must be exactly `bearer`: the 101
+/// answers with that literal, and RFC 6455 4.2.2 has the server select one of the client's own values (a
+/// client fails the connection on any other, 4.1), so `Bearer` would get an answer its client refuses.
 fn subprotocol_bearer(value: &str) -> Option<&str> {
     let mut items = value.split(',').map(str::trim);
-    items.find(|p| p.eq_ignore_ascii_case("bearer"))?;
+    items.find(|p| *p == "bearer")?;
     items.next()
 }
 

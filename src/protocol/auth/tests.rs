@@ -360,6 +360,21 @@ fn the_subprotocol_carrier_is_answered_with_bearer() {
 }
 
 #[test]
+fn the_subprotocol_carrier_takes_only_the_exact_name_bearer_so_the_answer_is_one_the_client_offered() {
+    // RFC 6455 4.2.2: the server's subprotocol is selected "from the values in the client's handshake", and a
+    // client fails the connection on any other (4.1). herald answers the literal `bearer`, so a `Bearer` or
+    // `BEARER` offer must not be taken as the carrier (found by the `auth` fuzz target).
+    let token = hs(valid());
+    for name in ["Bearer", "BEARER", "beareR"] {
+        let h = head(&format!("Sec-WebSocket-Protocol: {name}, {token}\r\n"));
+        assert_eq!(Carriers::default().find(&h), None, "{name}");
+        let p = policy(Mode::Handshake);
+        let denied = p.check_upgrade(&h, Need::Connect, false, Instant::now(), NOW, &mut WorkerAuth::default());
+        assert!(matches!(denied, Err(Denied::Unauthorized(AuthError::Missing))), "{name}: {denied:?}");
+    }
+}
+
+#[test]
 fn message_mode_admits_without_a_token_but_awaits_one_until_the_timeout() {
     let p = policy(Mode::Message);
     let now = Instant::now();
