@@ -253,10 +253,11 @@ fn string_member(m: &HashMap<String, Box<RawValue>>, key: &str) -> Option<String
 
 /// Parses the input as a `/ws` request; every reply and envelope built from the result must be a JSON
 /// object that carries the id, topic and data through verbatim.
+/// (At the default `limits.max_json_depth`, 64.)
 pub fn control(data: &[u8]) {
     use herald::control::{self as c, ControlRequest};
 
-    let parsed = c::parse_request(data);
+    let parsed = c::parse_request(data, 64);
     let mut out = Vec::new();
     match &parsed {
         Ok(req) => {
