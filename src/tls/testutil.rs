@@ -1,11 +1,14 @@
-//! Test support: certificates made at test time (nothing secret is committed) and a scratch directory.
+//! Test support: certificates made at test time (nothing secret is committed), a scratch directory, and a
+//! rustls client configured to trust the generated CA.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use base64::Engine;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SignatureAlgorithm};
+use rustls_pki_types::CertificateDer;
 
 /// The kinds of leaf key the server must accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +21,7 @@ pub enum KeyKind {
 
 /// A CA (ECDSA P-256) and a leaf for `localhost` signed by it.
 pub struct Pki {
+    pub ca_der: CertificateDer<'static>,
     /// Leaf then CA, PEM.
     pub chain_pem: String,
     /// The leaf key, PKCS#8 PEM.
@@ -74,6 +78,7 @@ pub fn pki(kind: KeyKind) -> Option<Pki> {
     let leaf_params = CertificateParams::new(vec!["localhost".to_string()]).expect("leaf params");
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf certificate");
     Some(Pki {
+        ca_der: ca_cert.der().clone(),
         chain_pem: format!("{}{}", leaf.pem(), ca_cert.pem()),
         key_pem: leaf_key.serialize_pem(),
         key_der: leaf_key.serialize_der(),
@@ -192,4 +197,17 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A client configuration that trusts `pki`'s CA and offers ALPN `http/1.1`, with the given versions.
+pub fn client_config(pki: &Pki, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("CA is a valid trust anchor");
+    let mut config = rustls::ClientConfig::builder_with_provider(super::certs::provider())
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
