@@ -20,7 +20,7 @@ mod tests;
 mod testutil;
 
 pub use certs::{server_config, CertError};
-pub use session::{AlertSent, TlsSession};
+pub use session::{AlertSent, Sealer, TlsSession};
 
 /// Why a [`TlsSession`] could not go on.
 #[derive(Debug, thiserror::Error)]

@@ -168,6 +168,13 @@ impl TlsSession {
         Ok(total)
     }
 
+    /// The session as an `io::Write` that seals: `outbox.write_to(&mut tls.sealer())` moves a whole outbox
+    /// (one `write_vectored` of its frames) into records, and the outbox drops exactly what was taken, as it
+    /// does after a `writev` to a plain socket. Errors come back as `io::ErrorKind::InvalidData`.
+    pub fn sealer(&mut self) -> Sealer<'_> {
+        Sealer(self)
+    }
+
     /// Queues our `close_notify`. Flush it with [`write_tls_to`](Self::write_tls_to) before closing the socket.
     pub fn close(&mut self) {
         if !self.failed {
@@ -272,6 +279,24 @@ impl TlsSession {
         self.spill = out;
         self.spill_sent = 0;
         TlsError::Protocol { error, alert }
+    }
+}
+
+/// [`TlsSession::sealer`]: plaintext written here is sealed into records (all of each call, in one go).
+#[derive(Debug)]
+pub struct Sealer<'a>(&'a mut TlsSession);
+
+impl Write for Sealer<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.seal_slices(bufs).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -206,6 +206,30 @@ fn a_hundred_small_frames_sealed_in_one_call_make_one_record() {
 }
 
 #[test]
+fn an_outbox_written_through_the_sealer_is_taken_whole_into_one_record() {
+    let (pki, config) = p256();
+    let (mut client, mut server) = connect(&pki, &config, TLS13);
+    let frames: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 40])).collect();
+    let slices: Vec<std::io::IoSlice<'_>> = frames.iter().map(|f| std::io::IoSlice::new(f)).collect();
+    // What `Outbox::write_to` does with a socket, done with the sealer: one write_vectored, all taken.
+    let taken = std::io::Write::write_vectored(&mut server.sealer(), &slices).expect("seal");
+    assert_eq!(taken, 4000);
+    let mut ciphertext = Vec::new();
+    server.drain_tls_into(&mut ciphertext);
+    assert_eq!(app_records(&ciphertext), 1);
+    assert_eq!(feed_client(&mut client, &ciphertext).expect("client").len(), 4000);
+}
+
+#[test]
+fn the_sealer_reports_a_failed_session_as_an_io_error() {
+    let (_pki, config) = p256();
+    let mut server = TlsSession::new(config).expect("session");
+    let _ = server.feed(b"not tls at all", &mut BytesMut::new());
+    let err = std::io::Write::write(&mut server.sealer(), b"x").expect_err("failed session");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[test]
 fn a_40_kib_turn_is_sealed_into_three_records() {
     let (pki, config) = p256();
     let (mut client, mut server) = connect(&pki, &config, TLS13);
