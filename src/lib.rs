@@ -7,6 +7,7 @@
 //! - [`server`]: the I/O side: listeners, one `mio` loop per worker, connections and outboxes.
 //! - [`config`]: every setting, its default and its documentation, once.
 //! - [`metrics`]: per-worker counters and the Prometheus text rendering.
+//! - [`tls`]: sans-IO TLS (rustls): certificate loading and a per-connection transport, bytes in and out.
 #![deny(unsafe_code, missing_docs)]
 
 pub mod broker;
@@ -15,3 +16,4 @@ pub mod control;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod tls;
