@@ -154,6 +154,12 @@ fn send_then_reset(s: TcpStream, bytes: &[u8]) {
 /// The control streams hold three connections (publisher, subscriber, and the scrape itself).
 const CONTROL_CONNS: u64 = 3;
 
+/// Within 3 s, every connection but the control streams' is released.
+fn assert_only_the_control_connections_remain(server: &Server) {
+    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
+    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+}
+
 /// Defect 1 of the hardening issue: a client that sends part of a request head with the FIN in the same
 /// segment, in a loop, must not keep a slot until `handshake_timeout`: each connection is released as soon as
 /// its EOF is seen.
@@ -165,8 +171,7 @@ fn a_partial_head_sent_with_the_fin_releases_the_slot_at_once() {
         let s = TcpStream::connect(server.addr).expect("connect");
         send_with_fin(&s, b"GET /sub/news HTTP/1.1\r\nHost: t\r\n");
     }
-    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
-    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+    assert_only_the_control_connections_remain(&server);
     control.assert_unharmed();
 }
 
@@ -179,8 +184,7 @@ fn a_partial_head_followed_by_a_reset_releases_the_slot_at_once() {
         let s = TcpStream::connect(server.addr).expect("connect");
         send_then_reset(s, b"GET /sub/news HTTP/1.1\r\nHost: t\r\n");
     }
-    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
-    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+    assert_only_the_control_connections_remain(&server);
     control.assert_unharmed();
 }
 
@@ -193,8 +197,7 @@ fn a_pong_sent_with_the_fin_releases_the_websocket_at_once() {
         let ws = RawWs::connect(server.addr, "/sub/news");
         send_with_fin(&ws.stream, &client_frame(0x8A, b"", [1, 2, 3, 4]));
     }
-    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
-    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+    assert_only_the_control_connections_remain(&server);
     control.assert_unharmed();
 }
 
@@ -207,8 +210,7 @@ fn a_message_sent_with_the_fin_releases_the_websocket_at_once() {
         let ws = RawWs::connect(server.addr, "/echo");
         send_with_fin(&ws.stream, &client_frame(0x81, b"bye", [1, 2, 3, 4]));
     }
-    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
-    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+    assert_only_the_control_connections_remain(&server);
     control.assert_unharmed();
 }
 
@@ -387,8 +389,7 @@ fn websockets_that_reset_after_the_upgrade_are_released_at_once() {
         let ws = RawWs::connect(server.addr, &format!("/sub/churn{}", i % 10));
         send_then_reset(ws.stream, &client_frame(0x81, b"last words", [1, 2, 3, 4]));
     }
-    let released = wait_until(Duration::from_secs(3), || server.metric("herald_connections_open") == CONTROL_CONNS);
-    assert!(released, "open connections: {}", server.metric("herald_connections_open"));
+    assert_only_the_control_connections_remain(&server);
     assert!(
         wait_until(Duration::from_secs(2), || server.metric("herald_subscriptions") == 1),
         "their subscriptions are gone (the control subscriber's remains)"
