@@ -154,10 +154,11 @@ pub fn parse_auth_message(text: &[u8]) -> Option<AuthMessage> {
     (wire.kind == "auth").then_some(AuthMessage { token: wire.token, id: wire.id })
 }
 
-/// A cheap pre-check (no parse) that `text` may be an auth message: a JSON object mentioning `"auth"`.
+/// A cheap pre-check (no parse) that `text` may be an auth message: a JSON object mentioning `"auth"`, or
+/// holding a `\u` escape (which could spell it, as the `/ws` parser would read it).
 pub fn looks_like_auth(text: &[u8]) -> bool {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &text[i..]).unwrap_or(&[]);
-    trimmed.first() == Some(&b'{') && text.windows(6).any(|w| w == b"\"auth\"")
+    trimmed.first() == Some(&b'{') && text.windows(6).any(|w| w == b"\"auth\"" || w.starts_with(b"\\u"))
 }
 
 /// The `sub` claim of a token's payload, read without checking the signature: only for a token already
@@ -181,6 +182,15 @@ mod tests {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(json))
+    }
+
+    #[test]
+    fn an_auth_message_is_recognised_however_its_type_is_spelled_in_json() {
+        let plain = parse_auth_message(br#"{"type":"auth","token":"t"}"#).expect("plain");
+        let escaped = parse_auth_message(br#"{"type":"\u0061uth","token":"t"}"#).expect("escaped, as /ws reads it");
+        assert_eq!((plain.token.as_str(), escaped.token.as_str()), ("t", "t"));
+        assert!(parse_auth_message(br#"{"type":"\u0061uthx","token":"t"}"#).is_none());
+        assert!(parse_auth_message(br#"{"type":"publish","topic":"auth"}"#).is_none());
     }
 
     #[test]
