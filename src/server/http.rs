@@ -176,7 +176,6 @@ impl Worker {
             Denied::Forbidden => Metric::AuthForbidden,
             Denied::BadOrigin => Metric::AuthBadOrigin,
         });
-        self.log_refusal(key, denied.status(), denied.reason());
         let challenge = denied.www_authenticate();
         let extra: Vec<(&str, &str)> = challenge.as_deref().map(|c| ("WWW-Authenticate", c)).into_iter().collect();
         let body = format!("{}\n", denied.reason());
@@ -205,9 +204,8 @@ impl Worker {
         let mut out = Vec::with_capacity(128 + body.len());
         handshake::write_response_with_headers(&mut out, status, extra, content_type, body, close);
         if status >= 400 {
-            if !matches!(status, 401 | 403) {
-                self.log_refusal(key, status, String::from_utf8_lossy(body).trim_end());
-            }
+            // The body is the one-line reason (for 401 and 403 too: the auth refusal's reason).
+            self.log_refusal(key, status, String::from_utf8_lossy(body).trim_end());
             self.metrics.inc(Metric::failed_status(status));
         } else {
             self.metrics.inc(Metric::HttpRequests);

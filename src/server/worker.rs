@@ -601,9 +601,10 @@ impl Worker {
         if conn.rbuf.is_empty() && !conn.core().is_some_and(|c| c.is_receiving()) {
             let buf = std::mem::take(&mut conn.rbuf);
             self.give_back_buffer(buf);
-        } else if conn.rbuf.len() <= SMALL_PARTIAL {
+        } else if conn.rbuf.len() <= SMALL_PARTIAL && total < READ_BUDGET {
             // A partial request head or frame header (a slow or trickling client): keep its bytes in a buffer of
-            // their size and hand the read buffer back, so that idle half-sent input does not hold a whole one.
+            // their size and hand the read buffer back, so that idle half-sent input does not hold a whole one
+            // (not when the read budget ran out: that connection is read again at once).
             let small = BytesMut::from(&conn.rbuf[..]);
             let buf = std::mem::replace(&mut conn.rbuf, small);
             self.give_back_buffer(buf);
@@ -726,54 +727,24 @@ impl Worker {
     /// is full it waits for the WRITABLE edge like any other byte (re-queueing the connection instead would
     /// spin the worker on a peer that never reads).
     pub(super) fn flush_conn(&mut self, key: ConnKey) {
-        let cap = self.cfg.limits.max_backpressure.bytes();
-        let mut before = None;
         loop {
             self.move_control(key);
             let Some(conn) = self.conns.get_mut(key) else { return };
             let start = conn.outbox.len_bytes();
-            before.get_or_insert(start);
-            loop {
-                match conn.outbox.write_to(&mut conn.stream) {
-                    Ok(n) => {
-                        self.metrics.add(Metric::BytesOut, n as u64);
-                        self.metrics.inc(Metric::Writes);
-                        if conn.outbox.is_empty() || n == 0 {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if conn.flags & WRITE_WAIT == 0 {
-                            conn.flags |= WRITE_WAIT;
-                            let _ = self.poll.registry().reregister(
-                                &mut conn.stream,
-                                Token(key),
-                                Interest::READABLE | Interest::WRITABLE,
-                            );
-                        }
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        self.close_now(key);
-                        return;
-                    }
-                }
+            if !self.write_queued(key) {
+                return;
             }
+            let Some(conn) = self.conns.get_mut(key) else { return };
             let progressed = conn.outbox.len_bytes() < start;
-            let pong_waiting = conn.core().is_some_and(|c| c.has_pending_control());
-            if !(progressed && pong_waiting) {
+            if !(progressed && conn.core().is_some_and(|c| c.has_pending_control())) {
                 break;
             }
         }
-        let before = before.unwrap_or(0);
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.outbox.is_empty() && conn.flags & WRITE_WAIT != 0 {
             conn.flags &= !WRITE_WAIT;
             let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), Interest::READABLE);
         }
-        let was_over = before > cap;
-        let now_under = conn.outbox.len_bytes() <= cap;
         if conn.flags & PEER_EOF != 0 && conn.outbox.is_empty() {
             // The peer is gone and we have said everything we could.
             self.close_now(key);
@@ -783,10 +754,40 @@ impl Worker {
             conn.flags |= SHUT_WR;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
-        if (was_over || conn.flags & READ_PAUSED != 0) && now_under {
+        if conn.flags & READ_PAUSED != 0 && conn.outbox.len_bytes() <= self.cfg.limits.max_backpressure.bytes() {
             // Reading was paused while this peer's replies piled up (read_conn clears the flag and goes on with
             // what is already buffered).
             self.schedule_read(key);
+        }
+    }
+
+    /// Writes what `key` has queued until the queue is empty or the socket is full (then registers for
+    /// WRITABLE). Returns false when the write failed and the connection was closed.
+    fn write_queued(&mut self, key: ConnKey) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        loop {
+            match conn.outbox.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    self.metrics.add(Metric::BytesOut, n as u64);
+                    self.metrics.inc(Metric::Writes);
+                    if conn.outbox.is_empty() || n == 0 {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if conn.flags & WRITE_WAIT == 0 {
+                        conn.flags |= WRITE_WAIT;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), interest);
+                    }
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close_now(key);
+                    return false;
+                }
+            }
         }
     }
 
