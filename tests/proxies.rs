@@ -89,6 +89,19 @@ fn metric_via_local(server: &Server, series: &str) -> u64 {
         .sum()
 }
 
+/// [`metric_via_local`] polled until it reads `expected` or 5 s pass (another worker publishes its counters at
+/// the end of its loop turn); returns the last value read.
+fn wait_metric_via_local(server: &Server, series: &str, expected: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = metric_via_local(server, series);
+        if value == expected || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Retries `attempt` until it gives 101 (the server frees slots when it sees the closes), up to 2 s.
 fn upgrades_again(mut attempt: impl FnMut() -> (u16, TcpStream)) -> TcpStream {
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -191,7 +204,10 @@ fn a_proxy_v1_header_gives_the_client_address() {
     assert_eq!(status, 503, "a third connection from the client the header names");
     let (status, _s) = exchange(server.addr, &with_v1(CLIENTS[1], &upgrade(&[("X-Forwarded-For", CLIENTS[0])])));
     assert_eq!(status, 101, "another client; X-Forwarded-For is not read in this mode");
-    assert_eq!(metric_via_local(&server, "herald_connections_rejected_total{reason=\"max_connections_per_ip\"}"), 1);
+    assert_eq!(
+        wait_metric_via_local(&server, "herald_connections_rejected_total{reason=\"max_connections_per_ip\"}", 1),
+        1
+    );
 }
 
 #[test]
@@ -228,7 +244,7 @@ fn with_proxy_protocol_a_trusted_connection_without_a_header_is_refused() {
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got); // EOF or a reset: either way, no answer
     assert!(got.is_empty(), "closed without an answer, got {:?}", String::from_utf8_lossy(&got));
-    assert_eq!(metric_via_local(&server, "herald_connections_rejected_total{reason=\"proxy_header\"}"), 1);
+    assert_eq!(wait_metric_via_local(&server, "herald_connections_rejected_total{reason=\"proxy_header\"}", 1), 1);
     // An untrusted peer is never read for a PROXY header: its request is plain HTTP, and a PROXY line is not.
     let (status, _) = exchange_from(server.addr, Some([127, 0, 0, 2]), b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(status, 200);
