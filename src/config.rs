@@ -182,6 +182,29 @@ impl fmt::Display for Listen {
     }
 }
 
+/// An optional listen address (`tls.listen`): empty for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptListen(pub Option<SocketAddr>);
+
+impl FromStr for OptListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Ok(OptListen(None));
+        }
+        s.parse::<Listen>().map(|l| OptListen(Some(l.0)))
+    }
+}
+
+impl fmt::Display for OptListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What happens to a subscriber whose queued outbound bytes would pass `max_backpressure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
@@ -484,7 +507,7 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting, Listen);
+deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting, Listen, OptListen);
 
 /// How a setting's value is written in TOML (for `--check` and the generated example file).
 trait TomlValue {
@@ -515,7 +538,7 @@ toml_bare!(usize, u64, bool);
 macro_rules! toml_quoted {
     ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { toml_string(&self.to_string()) } } )*};
 }
-toml_quoted!(String, Size, Dur, Listen, CpuList, LogFormat, SlowConsumerPolicy, AuthModeSetting);
+toml_quoted!(String, Size, Dur, Listen, OptListen, CpuList, LogFormat, SlowConsumerPolicy, AuthModeSetting);
 
 impl TomlValue for List {
     fn toml(&self) -> String {
@@ -553,7 +576,7 @@ macro_rules! section {
         #[derive(Debug, Default, Clone, clap::Args)]
         #[command(next_help_heading = $heading)]
         pub struct $args {
-            $( $(#[doc = $doc])* #[arg(long $(= $flag)?, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long $(= $flag, id = $flag)?, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
         }
 
         impl $name {
@@ -732,6 +755,27 @@ section! {
     }
 }
 
+section! {
+    /// TLS (`[tls]`): `wss://` and `https://` served by the workers themselves (rustls; TLS 1.3 and 1.2, ALPN
+    /// http/1.1, session tickets). Setting cert_file and key_file turns it on; SIGHUP re-reads both files.
+    Tls, TlsFile, TlsArgs, "TLS" {
+        /// PEM certificate chain, leaf first (ECDSA, Ed25519 or RSA key). Re-read on SIGHUP.
+        cert_file: String = String::new(), flag = "tls-cert-file";
+        /// PEM private key of the certificate (PKCS#8, SEC1 or PKCS#1). Re-read on SIGHUP.
+        key_file: String = String::new(), flag = "tls-key-file";
+        /// Address of a TLS listener beside the plain one, e.g. 0.0.0.0:443 with server.listen on :80 (default
+        /// empty: with cert_file and key_file set, the main listener, server.listen, speaks TLS).
+        listen: OptListen = OptListen(None), flag = "tls-listen";
+    }
+}
+
+impl Tls {
+    /// Whether TLS is configured (a certificate and its key).
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+}
+
 /// The top of `herald.example.toml`.
 const EXAMPLE_HEADER: &str = "\
 # herald configuration: every key with its default, generated from the declarations in src/config.rs
@@ -754,6 +798,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `[auth]`
     pub auth: Auth,
+    /// `[tls]`
+    pub tls: Tls,
 }
 
 /// The TOML file layout.
@@ -764,13 +810,14 @@ struct ConfigFile {
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     auth: Option<AuthFile>,
+    tls: Option<TlsFile>,
 }
 
 /// Every command-line flag.
 #[derive(Debug, Default, Clone, clap::Parser)]
 #[command(name = "herald", version, about = "herald: a thread-per-core WebSocket push and broadcast server")]
 pub struct Cli {
-    /// Read settings from this TOML file (sections [server], [limits], [timeouts], [auth]); flags override it.
+    /// Read settings from this TOML file (sections [server], [limits], [timeouts], [auth], [tls]); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Do not pin worker threads to cores.
@@ -795,6 +842,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: TlsArgs,
 }
 
 impl Config {
@@ -834,6 +884,8 @@ impl Config {
         self.timeouts.render(&mut out, docs);
         out.push_str(gap);
         self.auth.render(&mut out, docs);
+        out.push_str(gap);
+        self.tls.render(&mut out, docs);
         while out.ends_with("\n\n") {
             out.pop();
         }
@@ -847,6 +899,7 @@ impl Config {
         config.limits.merge(file.limits, env, &cli.limits)?;
         config.timeouts.merge(file.timeouts, env, &cli.timeouts)?;
         config.auth.merge(file.auth, env, &cli.auth)?;
+        config.tls.merge(file.tls, env, &cli.tls)?;
         if cli.no_pin {
             config.server.pin = false;
         }
@@ -926,6 +979,16 @@ impl Config {
         }
         if !a.public_key_file.is_empty() && a.public_key_algorithms.0.is_empty() {
             return Err(invalid("auth.public_key_algorithms", "name the algorithms the public key verifies"));
+        }
+        let t = &self.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return Err(invalid("tls.cert_file", "tls.cert_file and tls.key_file go together: set both or neither"));
+        }
+        if t.listen.0.is_some() && !t.enabled() {
+            return Err(invalid("tls.listen", "needs tls.cert_file and tls.key_file"));
+        }
+        if t.listen.0.is_some_and(|a| a == self.server.listen.0 && a.port() != 0) {
+            return Err(invalid("tls.listen", "must differ from server.listen (leave it empty to make that one TLS)"));
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The `herald` binary: load the configuration, set up logging, run the server until SIGTERM/SIGINT; SIGHUP
-//! re-reads the auth keys. Errors end the process with a one-line message (status 2 for a configuration
+//! re-reads the auth keys and the TLS certificate. Errors end the process with a one-line message (status 2 for a configuration
 //! error, 1 for anything else), never a panic or a backtrace.
 
 use std::io::IsTerminal;
@@ -66,9 +66,13 @@ fn run(config: Config) -> anyhow::Result<()> {
     let handle = herald::server::start(config)?;
     // Machine-readable line on stdout for scripts and tests, whatever the log format (logs go to stderr).
     println!("herald listening on {}", handle.local_addr());
+    if let Some(tls) = handle.tls_addr() {
+        println!("herald tls on {tls}");
+    }
 
     let trigger = handle.shutdown_trigger();
     let reload = handle.key_reloader();
+    let reload_cert = handle.cert_reloader();
     std::thread::Builder::new()
         .name("herald-signals".into())
         .spawn(move || {
@@ -78,6 +82,11 @@ fn run(config: Config) -> anyhow::Result<()> {
                     match reload() {
                         Ok(keys) => tracing::info!(keys, "SIGHUP: auth keys reloaded"),
                         Err(e) => tracing::error!("SIGHUP: keeping the old auth keys: {e}"),
+                    }
+                    match reload_cert.as_ref().map(|r| r()) {
+                        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Some(Err(e)) => tracing::error!("SIGHUP: keeping the old TLS certificate: {e}"),
+                        None => {}
                     }
                     continue;
                 }

@@ -88,6 +88,26 @@ series! {
     AuthTimeouts => "herald_auth_closes_total", Counter, "reason=\"timeout\"", "Connections closed with 4401 by the server's clock, by reason.";
     AuthExpired => "herald_auth_closes_total", Counter, "reason=\"expired\"", "";
     KeyReloads => "herald_auth_key_reloads_total", Counter, "", "Key sets put in force by SIGHUP, counted per worker.";
+    TlsOk => "herald_tls_handshakes_total", Counter, "result=\"ok\"", "TLS handshakes, by result: ok, or why it failed (timeout, eof: the client left mid-handshake, not_tls: plain HTTP or garbage, and the TLS error classes).";
+    TlsTimeout => "herald_tls_handshakes_total", Counter, "result=\"timeout\"", "";
+    TlsEof => "herald_tls_handshakes_total", Counter, "result=\"eof\"", "";
+    TlsNotTls => "herald_tls_handshakes_total", Counter, "result=\"not_tls\"", "";
+    TlsInvalidMessage => "herald_tls_handshakes_total", Counter, "result=\"invalid_message\"", "";
+    TlsIncompatible => "herald_tls_handshakes_total", Counter, "result=\"incompatible\"", "";
+    TlsMisbehaved => "herald_tls_handshakes_total", Counter, "result=\"misbehaved\"", "";
+    TlsNoAlpn => "herald_tls_handshakes_total", Counter, "result=\"no_alpn\"", "";
+    TlsAlertReceived => "herald_tls_handshakes_total", Counter, "result=\"alert_received\"", "";
+    TlsDecryptError => "herald_tls_handshakes_total", Counter, "result=\"decrypt_error\"", "";
+    TlsUnexpected => "herald_tls_handshakes_total", Counter, "result=\"unexpected_message\"", "";
+    TlsRefused => "herald_tls_handshakes_total", Counter, "result=\"refused\"", "";
+    TlsOther => "herald_tls_handshakes_total", Counter, "result=\"other\"", "";
+    TlsFull => "herald_tls_sessions_total", Counter, "kind=\"full\"", "Completed TLS handshakes: full, or resumed from a session ticket.";
+    TlsResumed => "herald_tls_sessions_total", Counter, "kind=\"resumed\"", "";
+    Tls13 => "herald_tls_protocol_total", Counter, "version=\"1.3\"", "Completed TLS handshakes, by protocol version.";
+    Tls12 => "herald_tls_protocol_total", Counter, "version=\"1.2\"", "";
+    TlsErrors => "herald_tls_errors_total", Counter, "", "TLS connections ended by a TLS error after the handshake (bad record, unexpected message).";
+    TlsReloadOk => "herald_tls_cert_reloads_total", Counter, "result=\"ok\"", "Certificate reloads on SIGHUP, by result (a failed one keeps the old certificate).";
+    TlsReloadFailed => "herald_tls_cert_reloads_total", Counter, "result=\"failed\"", "";
     ConnectionsOpen => "herald_connections_open", Gauge, "", "Open connections (all phases), per worker.";
     WebSocketsOpen => "herald_websockets_open", Gauge, "", "Open WebSocket connections, per worker.";
     Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
@@ -95,6 +115,7 @@ series! {
     TopicsKnown => "herald_topics_known", Gauge, "", "Topics the worker indexes: its own and those only other workers' clients use, per worker.";
     OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
+    TlsOpen => "herald_tls_connections", Gauge, "", "Open TLS connections (handshaking or established), per worker.";
     PooledReadBuffers => "herald_read_buffers_pooled", Gauge, "", "Spare read buffers held by the worker's pool (shrinks back after load).";
 }
 
@@ -113,6 +134,25 @@ impl Metric {
             4401 => Metric::Close4401,
             4403 => Metric::Close4403,
             _ => Metric::CloseOther,
+        }
+    }
+
+    /// The counter for a TLS handshake that ended with `reason` (a [`crate::tls::TlsError::reason`] label,
+    /// or `timeout`, `eof`, `not_tls`, `refused`).
+    pub fn tls_failure(reason: &str) -> Metric {
+        match reason {
+            "timeout" => Metric::TlsTimeout,
+            "eof" => Metric::TlsEof,
+            "not_tls" => Metric::TlsNotTls,
+            "invalid_message" => Metric::TlsInvalidMessage,
+            "incompatible" => Metric::TlsIncompatible,
+            "misbehaved" => Metric::TlsMisbehaved,
+            "no_alpn" => Metric::TlsNoAlpn,
+            "alert_received" => Metric::TlsAlertReceived,
+            "decrypt_error" => Metric::TlsDecryptError,
+            "unexpected_message" => Metric::TlsUnexpected,
+            "refused" => Metric::TlsRefused,
+            _ => Metric::TlsOther,
         }
     }
 

@@ -65,6 +65,17 @@ pub enum MeshMsg {
     Drained(usize),
     /// New verification keys (SIGHUP rotation), for the worker's auth policy.
     Keys(Arc<crate::protocol::auth::KeySet>),
+    /// A certificate reload (SIGHUP): the TLS configuration for new handshakes, or word that it failed.
+    Certificate(CertUpdate),
+}
+
+/// The outcome of a certificate reload, as the workers hear it.
+#[derive(Debug, Clone)]
+pub enum CertUpdate {
+    /// The new configuration, for handshakes from now on (established connections keep theirs).
+    New(Arc<rustls::ServerConfig>),
+    /// The files were unusable; the old certificate stays (counted once, by worker 0).
+    Failed,
 }
 
 /// The sending side of one worker's inbox, plus the waker that makes it look.

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 
 use super::outbox::Outbox;
+use super::transport::Transport;
 use crate::broker::index::SubId;
 use crate::broker::rate::Gcra;
 use crate::protocol::auth::ConnAuth;
@@ -93,6 +94,8 @@ pub const VIA_PROXY: u8 = 128;
 pub struct Conn {
     /// The socket.
     pub stream: TcpStream,
+    /// In the clear or through TLS (the only difference between the two).
+    pub transport: Transport,
     /// The phase.
     pub phase: Phase,
     /// Bytes read and not yet consumed; empty (no allocation) while idle.
@@ -115,6 +118,7 @@ impl Conn {
     pub fn new(stream: TcpStream, ip: IpAddr, deadline: Instant) -> Self {
         Conn {
             stream,
+            transport: Transport::Plain,
             phase: Phase::Http { deadline },
             rbuf: BytesMut::new(),
             outbox: Outbox::default(),
@@ -151,6 +155,11 @@ impl Conn {
             Phase::Closing { .. } => true,
         };
         phase_done && self.outbox.is_empty()
+    }
+
+    /// Whether nothing waits to be written: no queued frames and no ciphertext.
+    pub fn output_empty(&self) -> bool {
+        self.outbox.is_empty() && !self.transport.wants_write()
     }
 }
 

@@ -231,7 +231,9 @@ impl Worker {
         }
     }
 
-    fn finish_with(&mut self, key: ConnKey, response: Vec<u8>, close: bool) {
+    /// Queues `response`; with `close` the connection lingers until it is written and then ends, otherwise
+    /// it waits for the next request.
+    pub(super) fn finish_with(&mut self, key: ConnKey, response: Vec<u8>, close: bool) {
         let now = self.now;
         let close_timeout = self.cfg.timeouts.close_timeout.0;
         let handshake_timeout = self.cfg.timeouts.handshake_timeout.0;

@@ -6,6 +6,7 @@
 //! - [`ws`]: what each WebSocket endpoint does with messages.
 //! - [`conn`]: one connection's socket, phase, buffer and outbox.
 //! - [`outbox`]: queued frames and the vectored write.
+//! - [`transport`]: a connection's bytes in the clear or through TLS; `secure` drives the TLS side.
 //! - [`keys`]: reading the configured key material into the auth policy (at start and on SIGHUP).
 //! - [`pool`]: the worker's spare read buffers.
 //! - [`loglimit`]: the budget of log lines clients can cause.
@@ -20,6 +21,8 @@ pub mod loglimit;
 pub mod outbox;
 pub mod pool;
 pub mod rlimit;
+mod secure;
+pub mod transport;
 pub mod trim;
 pub mod worker;
 mod ws;
@@ -29,9 +32,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::broker::mesh::{self, ExternalPublisher, MeshEnd, PeerHandle};
+use crate::broker::mesh::{self, CertUpdate, ExternalPublisher, MeshEnd, PeerHandle};
 use crate::config::Config;
-use worker::{Shared, Worker, WAKER};
+use crate::tls::certs::{self, CertError};
+use worker::{Listeners, Shared, Worker, WAKER};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +70,40 @@ pub enum ServerError {
     /// The `[auth]` settings could not be put in force.
     #[error(transparent)]
     Auth(#[from] keys::AuthSetupError),
+    /// The `[tls]` certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] CertError),
+}
+
+/// The TLS material kept for reloads: the session-ticket key (kept across reloads, so clients' tickets stay
+/// valid) and the files to re-read.
+struct TlsSource {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for TlsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSource").field("cert_file", &self.cert_file).field("key_file", &self.key_file).finish()
+    }
+}
+
+impl TlsSource {
+    /// Reads and checks the files, and builds the configuration new handshakes use.
+    fn load(&self) -> Result<Arc<rustls::ServerConfig>, CertError> {
+        let provider = certs::provider();
+        let key = certs::load_certified_key(&self.cert_file, &self.key_file, &provider)?;
+        certs::server_config_with(Arc::new(key), self.ticketer.clone(), provider)
+    }
 }
 
 /// A running server: its address, and the means to stop it and wait for it.
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    tls: Option<Arc<TlsSource>>,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     peers: Vec<PeerHandle>,
@@ -82,6 +114,30 @@ impl ServerHandle {
     /// The address actually bound (the real port when the config said port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address that speaks TLS, when TLS is on: the `tls.listen` one, or the main one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// A closure that re-reads `tls.cert_file` and `tls.key_file` and puts the certificate in force for new
+    /// handshakes on every worker (for SIGHUP). On an error the old certificate stays, the failure is
+    /// counted, and the error is returned. `None` when TLS is off.
+    pub fn cert_reloader(&self) -> Option<impl Fn() -> Result<(), CertError> + Send + 'static> {
+        let source = self.tls.clone()?;
+        let peers = self.peers.clone();
+        Some(move || {
+            let loaded = source.load();
+            let update = match &loaded {
+                Ok(config) => CertUpdate::New(config.clone()),
+                Err(_) => CertUpdate::Failed,
+            };
+            for p in &peers {
+                p.send_control(mesh::MeshMsg::Certificate(update.clone()));
+            }
+            loaded.map(|_| ())
+        })
     }
 
     /// Starts the graceful shutdown: stop accepting, close every WebSocket with 1001, flush, exit.
@@ -150,8 +206,27 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let cfg = Arc::new(cfg);
     let auth = keys::build_policy(&cfg.auth)?;
     let workers = cfg.server.workers;
+    let (tls, tls_config) = if cfg.tls.enabled() {
+        let source = TlsSource {
+            ticketer: certs::ticketer()?,
+            cert_file: cfg.tls.cert_file.clone().into(),
+            key_file: cfg.tls.key_file.clone().into(),
+        };
+        let config = source.load()?;
+        (Some(Arc::new(source)), Some(config))
+    } else {
+        (None, None)
+    };
     let (listeners, addr) = listener::bind_all(cfg.server.listen.0, workers)
         .map_err(|source| ServerError::Bind { addr: cfg.server.listen.0, source })?;
+    let (tls_listeners, tls_addr) = match cfg.tls.listen.0 {
+        Some(at) => {
+            let (l, bound) = listener::bind_all(at, workers).map_err(|source| ServerError::Bind { addr: at, source })?;
+            (l.into_iter().map(Some).collect(), Some(bound))
+        }
+        None => ((0..workers).map(|_| None).collect::<Vec<_>>(), tls_config.as_ref().map(|_| addr)),
+    };
+    let main_tls = tls_config.is_some() && cfg.tls.listen.0.is_none();
     let mut polls = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
     for worker in 0..workers {
@@ -164,7 +239,9 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let shared = Arc::new(Shared::new(workers));
     let cores = pick_cores(&cfg);
     let mut threads = Vec::with_capacity(workers);
-    for (id, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
+    let sockets = listeners.into_iter().zip(tls_listeners);
+    for (id, ((poll, (main, tls_listener)), inbox)) in polls.into_iter().zip(sockets).zip(inboxes).enumerate() {
+        let listeners = Listeners { main, main_tls, tls: tls_listener, tls_config: tls_config.clone() };
         let mesh_end = MeshEnd::new(id, peers.clone());
         let shared = shared.clone();
         let cfg = cfg.clone();
@@ -178,14 +255,14 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
                         tracing::warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                let worker = Worker::new(id, poll, listener, (mesh_end, inbox), shared, cfg, auth)?;
+                let worker = Worker::new(id, poll, listeners, (mesh_end, inbox), shared, cfg, auth)?;
                 worker.run()
             })
             .map_err(|source| ServerError::Worker { worker: id, source })?;
         threads.push(thread);
     }
-    tracing::info!(%addr, workers, pinned = cores.is_some(), auth = ?auth.mode(), "herald listening");
-    Ok(ServerHandle { addr, cfg, shared, peers, threads })
+    tracing::info!(%addr, tls = ?tls_addr, workers, pinned = cores.is_some(), auth = ?auth.mode(), "herald listening");
+    Ok(ServerHandle { addr, tls_addr, tls, cfg, shared, peers, threads })
 }
 
 /// The cores to pin to, in worker order, or `None` when pinning is off or impossible.

@@ -24,6 +24,7 @@ use super::conn::{
 };
 use super::loglimit::LogLimit;
 use super::pool::ReadPool;
+use super::transport::{TlsConn, Transport};
 use crate::broker::index::{ConnKey, Deliver, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
@@ -40,6 +41,8 @@ use crate::protocol::Role;
 pub const LISTENER: Token = Token(usize::MAX - 1);
 /// The mesh waker's token.
 pub const WAKER: Token = Token(usize::MAX - 2);
+/// The TLS listener's token (when TLS has a listener of its own beside the plain one).
+pub const TLS_LISTENER: Token = Token(usize::MAX - 3);
 
 /// Most bytes read from one connection per loop turn, so one busy publisher cannot starve the others.
 const READ_BUDGET: usize = 256 * 1024;
@@ -79,11 +82,31 @@ impl Shared {
     }
 }
 
+/// A worker's listening sockets and what they speak.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The main listener (`server.listen`).
+    pub main: std::net::TcpListener,
+    /// Whether the main listener speaks TLS (TLS configured with no `tls.listen` of its own).
+    pub main_tls: bool,
+    /// The TLS listener beside the plain one (`tls.listen`).
+    pub tls: Option<std::net::TcpListener>,
+    /// The TLS configuration for new handshakes (when TLS is on).
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// A worker and everything it owns.
 pub struct Worker {
     pub(super) id: usize,
     pub(super) poll: Poll,
     pub(super) listener: Option<TcpListener>,
+    /// Whether the main listener speaks TLS.
+    main_tls: bool,
+    pub(super) tls_listener: Option<TcpListener>,
+    /// The TLS configuration new handshakes use (swapped by a certificate reload).
+    pub(super) tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// Where ciphertext is read before it is decrypted into a connection's read buffer (TLS only).
+    pub(super) tls_scratch: Vec<u8>,
     pub(super) conns: Slab<Conn>,
     pub(super) index: TopicIndex,
     pub(super) mesh: MeshEnd,
@@ -200,14 +223,24 @@ impl Worker {
     pub fn new(
         id: usize,
         poll: Poll,
-        listener: std::net::TcpListener,
+        listeners: Listeners,
         (mesh, inbox): (MeshEnd, Inbox),
         shared: Arc<Shared>,
         cfg: Arc<Config>,
         auth: AuthPolicy,
     ) -> io::Result<Self> {
-        let mut listener = TcpListener::from_std(listener);
+        let mut listener = TcpListener::from_std(listeners.main);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let tls_listener = match listeners.tls {
+            Some(l) => {
+                let mut l = TcpListener::from_std(l);
+                poll.registry().register(&mut l, TLS_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let tls_scratch =
+            if listeners.tls_config.is_some() { vec![0; cfg.limits.read_buffer.bytes()] } else { Vec::new() };
         let t = &cfg.timeouts;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = ConnSettings {
@@ -225,6 +258,10 @@ impl Worker {
             id,
             poll,
             listener: Some(listener),
+            main_tls: listeners.main_tls,
+            tls_listener,
+            tls_config: listeners.tls_config,
+            tls_scratch,
             conns: Slab::new(),
             index: TopicIndex::new(cfg.limits.max_topics_per_worker, cfg.limits.coalesce_limit.bytes()),
             mesh,
@@ -266,7 +303,8 @@ impl Worker {
             self.unix = unix_now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => self.accept_all(false),
+                    TLS_LISTENER => self.accept_all(true),
                     WAKER => {}
                     Token(key) => {
                         if event.is_read_closed() || event.is_error() {
@@ -367,17 +405,21 @@ impl Worker {
                     self.auth.set_keys(keys);
                     self.auth_mem.tokens.clear();
                 }
+                MeshMsg::Certificate(update) => self.take_certificate(update),
             }
         }
         // More may be waiting: come back without sleeping.
         self.inbox_backlog = budget == 0;
     }
 
-    fn accept_all(&mut self) {
+    /// Accepts what the main listener (`second` false) or the TLS listener beside it has waiting.
+    fn accept_all(&mut self, second: bool) {
+        let tls = second || self.main_tls;
         loop {
-            let Some(listener) = &self.listener else { return };
+            let listener = if second { &self.tls_listener } else { &self.listener };
+            let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr.ip()),
+                Ok((stream, addr)) => self.admit(stream, addr.ip(), tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -389,14 +431,14 @@ impl Worker {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr) {
+    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr, tls: bool) {
         self.metrics.inc(Metric::ConnectionsAccepted);
         let limits = &self.cfg.limits;
         let open = self.shared.open.fetch_add(1, Ordering::Relaxed);
         if open >= limits.max_connections {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             self.metrics.inc(Metric::RejectedMaxConnections);
-            refuse(&mut stream, &mut self.metrics, "connection limit reached");
+            refuse(&mut stream, &mut self.metrics, "connection limit reached", tls);
             return;
         }
         // A trusted proxy carries many clients: it is counted under its own address until it names the
@@ -409,11 +451,18 @@ impl Worker {
                 drop(per_ip);
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.inc(Metric::RejectedPerIp);
-                refuse(&mut stream, &mut self.metrics, "per-address connection limit reached");
+                refuse(&mut stream, &mut self.metrics, "per-address connection limit reached", tls);
                 return;
             }
             *n += 1;
         }
+        let transport = match self.new_transport(tls) {
+            Some(t) => t,
+            None => {
+                self.release_slot(ip);
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -424,6 +473,10 @@ impl Worker {
         }
         tracing::trace!(worker = self.id, key, %ip, via_proxy, "accepted");
         let conn = entry.insert(Conn::new(stream, ip, self.now + self.cfg.timeouts.handshake_timeout.0));
+        if let Transport::Tls(_) = transport {
+            self.metrics.inc(Metric::TlsOpen);
+        }
+        conn.transport = transport;
         if via_proxy {
             conn.flags |= VIA_PROXY;
         }
@@ -530,6 +583,8 @@ impl Worker {
         let resumed = !over && conn.flags & READ_PAUSED != 0;
         conn.flags &= !READ_PAUSED;
         let read_size = self.cfg.limits.read_buffer.bytes();
+        // A PROXY header comes before the TLS handshake: until it is taken, a TLS connection is read raw.
+        let raw = conn.flags & VIA_PROXY != 0 && self.cfg.server.proxy_protocol;
         let mut buf = std::mem::take(&mut conn.rbuf);
         if buf.capacity() < read_size {
             // Idle, or holding a small partial request head: read into a pooled buffer.
@@ -540,21 +595,43 @@ impl Worker {
         let mut total = 0;
         let mut eof = false;
         let mut failed = false;
+        let mut tls_failed = None;
+        let before = buf.len();
         let Some(conn) = self.conns.get_mut(key) else { return };
         loop {
             if total >= READ_BUDGET {
                 break;
             }
-            let len = buf.len();
-            buf.resize(len + read_size, 0);
-            match conn.stream.read(&mut buf[len..]) {
+            let read = match conn.transport.tls_mut() {
+                Some(tls) if !raw => match conn.stream.read(&mut self.tls_scratch) {
+                    Ok(n) if !tls.started && TlsConn::sniff(&self.tls_scratch[..n]).is_some() => {
+                        tls_failed = Some(super::secure::Failure::PlainHttp);
+                        break;
+                    }
+                    Ok(n) => match tls.feed(&self.tls_scratch[..n], &mut buf) {
+                        Ok(_) if tls.session.peer_closed() => Ok(0),
+                        Ok(_) => Ok(n),
+                        Err(e) => {
+                            tls_failed = Some(super::secure::Failure::Tls(e));
+                            break;
+                        }
+                    },
+                    Err(e) => Err(e),
+                },
+                _ => {
+                    let len = buf.len();
+                    buf.resize(len + read_size, 0);
+                    let read = conn.stream.read(&mut buf[len..]);
+                    buf.truncate(len + *read.as_ref().unwrap_or(&0));
+                    read
+                }
+            };
+            match read {
                 Ok(0) => {
-                    buf.truncate(len);
                     eof = true;
                     break;
                 }
                 Ok(n) => {
-                    buf.truncate(len + n);
                     total += n;
                     if n < read_size && conn.flags & PEER_HUP == 0 {
                         // Likely drained; the next edge will tell us if not. (After a hang-up no edge comes:
@@ -562,24 +639,28 @@ impl Worker {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf.truncate(len);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    buf.truncate(len);
                     failed = true;
                     break;
                 }
             }
         }
         self.metrics.add(Metric::BytesIn, total as u64);
+        let fresh = buf.len() > before;
         conn.rbuf = buf;
         if total >= READ_BUDGET {
             self.schedule_read(key);
         }
-        if total > 0 || resumed {
+        if let Some(failure) = tls_failed {
+            self.end_tls(key, failure);
+            return;
+        }
+        if !raw && self.after_tls_read(key) {
+            return;
+        }
+        if fresh || resumed {
             self.process(key);
         }
         let Some(conn) = self.conns.get_mut(key) else { return };
@@ -634,7 +715,7 @@ impl Worker {
                     self.flush_conn(victim);
                 }
                 Phase::Http { .. } => {
-                    let _ = std::io::Write::write(&mut conn.stream, RECEIVE_BUDGET);
+                    super::secure::write_last_words(conn, RECEIVE_BUDGET);
                     self.metrics.inc(Metric::Failed503);
                 }
                 Phase::Closing { .. } => {}
@@ -678,7 +759,7 @@ impl Worker {
             match conn.phase {
                 Phase::Http { .. } => {
                     if conn.flags & VIA_PROXY != 0 && self.cfg.server.proxy_protocol {
-                        if !self.take_proxy_header(key) {
+                        if !self.take_proxy_header(key) || !self.feed_after_proxy(key) {
                             return;
                         }
                         continue;
@@ -740,17 +821,21 @@ impl Worker {
                 break;
             }
         }
+        if self.conns.get(key).is_some_and(|c| c.is_finished() && c.flags & SHUT_WR == 0) && !self.say_close_notify(key)
+        {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.outbox.is_empty() && conn.flags & WRITE_WAIT != 0 {
+        if conn.output_empty() && conn.flags & WRITE_WAIT != 0 {
             conn.flags &= !WRITE_WAIT;
             let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), Interest::READABLE);
         }
-        if conn.flags & PEER_EOF != 0 && conn.outbox.is_empty() {
+        if conn.flags & PEER_EOF != 0 && conn.output_empty() {
             // The peer is gone and we have said everything we could.
             self.close_now(key);
             return;
         }
-        if conn.is_finished() && conn.flags & SHUT_WR == 0 {
+        if conn.is_finished() && conn.flags & SHUT_WR == 0 && conn.output_empty() {
             conn.flags |= SHUT_WR;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
@@ -763,8 +848,11 @@ impl Worker {
 
     /// Writes what `key` has queued until the queue is empty or the socket is full (then registers for
     /// WRITABLE). Returns false when the write failed and the connection was closed.
-    fn write_queued(&mut self, key: ConnKey) -> bool {
+    pub(super) fn write_queued(&mut self, key: ConnKey) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
+        if let Transport::Tls(_) = conn.transport {
+            return self.write_tls(key);
+        }
         loop {
             match conn.outbox.write_to(&mut conn.stream) {
                 Ok(n) => {
@@ -775,11 +863,7 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if conn.flags & WRITE_WAIT == 0 {
-                        conn.flags |= WRITE_WAIT;
-                        let interest = Interest::READABLE | Interest::WRITABLE;
-                        let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), interest);
-                    }
+                    self.wait_writable(key);
                     return true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -788,6 +872,16 @@ impl Worker {
                     return false;
                 }
             }
+        }
+    }
+
+    /// Registers `key` for WRITABLE: its last write would have blocked.
+    pub(super) fn wait_writable(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.flags & WRITE_WAIT == 0 {
+            conn.flags |= WRITE_WAIT;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), interest);
         }
     }
 
@@ -828,6 +922,7 @@ impl Worker {
         if !self.conns.contains(key) {
             return;
         }
+        self.tls_gone(key);
         let mut conn = self.conns.remove(key);
         if let Some(core) = conn.core() {
             let (by, code) = match core.ending() {
@@ -876,9 +971,12 @@ impl Worker {
                 Phase::Http { deadline } => {
                     if now >= *deadline {
                         self.metrics.inc(Metric::HandshakeTimeouts);
-                        if !conn.rbuf.is_empty() {
+                        if conn.transport.is_handshaking() {
+                            // A TLS client that has not finished its handshake cannot read an HTTP answer.
+                            super::secure::count_handshake_end(conn, &mut self.metrics, Metric::TlsTimeout);
+                        } else if !conn.rbuf.is_empty() {
                             // A request was started but not finished in time: say so (best effort), then go.
-                            let _ = std::io::Write::write(&mut conn.stream, REQUEST_TIMEOUT);
+                            super::secure::write_last_words(conn, REQUEST_TIMEOUT);
                         }
                         expired.push(key);
                     }
@@ -934,7 +1032,7 @@ impl Worker {
         let shutdown = self.cfg.timeouts.shutdown_timeout.0;
         self.drain_deadline = Some(self.now + shutdown);
         self.drain = Drain::Quiescing { quiesce_until: self.now + shutdown / 4 };
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in [self.listener.take(), self.tls_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.flush_index();
@@ -1002,8 +1100,15 @@ const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n";
 
 /// Answers a connection refused at accept with 503 and closes it. What the client already sent is read first,
-/// so that closing does not reset the connection before the answer is read.
-fn refuse(stream: &mut TcpStream, metrics: &mut Counters, why: &str) {
+/// so that closing does not reset the connection before the answer is read. A connection to a TLS port is
+/// closed without an answer: an HTTP status would need a whole handshake, which is what an overloaded server
+/// must not spend (the client sees the connection end, as with any TLS server at its limit).
+fn refuse(stream: &mut TcpStream, metrics: &mut Counters, why: &str, tls: bool) {
+    if tls {
+        metrics.inc(Metric::TlsRefused);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let mut scratch = [0u8; 4096];
     let _ = stream.read(&mut scratch);
     let mut out = Vec::with_capacity(160);
