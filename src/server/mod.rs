@@ -221,7 +221,8 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         .map_err(|source| ServerError::Bind { addr: cfg.server.listen.0, source })?;
     let (tls_listeners, tls_addr) = match cfg.tls.listen.0 {
         Some(at) => {
-            let (l, bound) = listener::bind_all(at, workers).map_err(|source| ServerError::Bind { addr: at, source })?;
+            let (l, bound) =
+                listener::bind_all(at, workers).map_err(|source| ServerError::Bind { addr: at, source })?;
             (l.into_iter().map(Some).collect(), Some(bound))
         }
         None => ((0..workers).map(|_| None).collect::<Vec<_>>(), tls_config.as_ref().map(|_| addr)),

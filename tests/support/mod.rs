@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
@@ -19,6 +21,12 @@ pub struct Server {
 impl Server {
     /// Starts `herald --listen 127.0.0.1:0 --no-pin <args>` and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_lines(args, 1).0
+    }
+
+    /// [`Server::start`], returning the first `n` lines herald printed (the listening line, then e.g. the TLS
+    /// one).
+    pub fn start_lines(args: &[&str], n: usize) -> (Server, Vec<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["--listen", "127.0.0.1:0", "--no-pin"])
             .args(args)
@@ -29,7 +37,9 @@ impl Server {
             .expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("herald printed nothing").expect("read stdout");
+        let printed: Vec<String> =
+            (0..n).map(|_| lines.next().expect("herald printed too little").expect("read stdout")).collect();
+        let line = &printed[0];
         let addr = line
             .strip_prefix("herald listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
@@ -37,7 +47,7 @@ impl Server {
             .expect("address");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        (Server { child, addr }, printed)
     }
 
     /// `ws://addr{path}`.
@@ -176,7 +186,7 @@ pub fn connect(url: &str) -> Client {
 }
 
 /// Reads the next data message (text or binary), answering pings on the way.
-pub fn next_data(ws: &mut Client) -> Message {
+pub fn next_data<S: Read + Write>(ws: &mut WebSocket<S>) -> Message {
     loop {
         match ws.read().expect("read") {
             m @ (Message::Text(_) | Message::Binary(_)) => return m,
@@ -187,16 +197,18 @@ pub fn next_data(ws: &mut Client) -> Message {
 
 /// Reads until the server's close frame; returns its code and reason.
 pub fn expect_close(ws: &mut Client) -> (CloseCode, String) {
+    let addrs = format!("client {:?} -> {:?}", ws.get_ref().local_addr(), ws.get_ref().peer_addr());
+    expect_close_on(ws, &addrs)
+}
+
+/// [`expect_close`] on any stream (`about` names the connection in the failure message).
+pub fn expect_close_on<S: Read + Write>(ws: &mut WebSocket<S>, about: &str) -> (CloseCode, String) {
     loop {
         match ws.read() {
             Ok(Message::Close(Some(frame))) => return (frame.code, frame.reason.to_string()),
             Ok(Message::Close(None)) => panic!("close without a code"),
             Ok(_) => continue,
-            Err(e) => panic!(
-                "expected a close frame, got error {e} (client {:?} -> {:?})",
-                ws.get_ref().local_addr(),
-                ws.get_ref().peer_addr()
-            ),
+            Err(e) => panic!("expected a close frame, got error {e} ({about})"),
         }
     }
 }
