@@ -372,3 +372,57 @@ fn a_subscriber_that_stops_reading_over_tls_is_closed_as_a_slow_consumer_and_the
     );
     drop(stalled);
 }
+
+/// A TLS stream that starts with a PROXY v1 header naming `client`, sent in the same segment as the client
+/// hello (so herald reads both at once and must decrypt what follows the header).
+fn tls_behind_proxy(srv: &TlsServer, client: &str) -> std::io::Result<TlsStream> {
+    let mut sock = std::net::TcpStream::connect(srv.tls).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn = rustls::ClientConnection::new(srv.cert.client_config(), name).expect("client");
+    let mut first = format!("PROXY TCP4 {client} 127.0.0.1 40000 443\r\n").into_bytes();
+    while conn.wants_write() {
+        conn.write_tls(&mut first).expect("client hello");
+    }
+    sock.write_all(&first).expect("header and hello");
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// The status of a WebSocket upgrade on `/sub/p` sent over `s`.
+fn upgrade_status(s: &mut TlsStream) -> u16 {
+    let req = "GET /sub/p HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(req.as_bytes()).expect("upgrade request");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).expect("response");
+        assert!(n > 0, "closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    parse_response(&buf).0
+}
+
+#[test]
+fn behind_a_layer_4_proxy_the_proxy_header_precedes_tls_and_names_the_client() {
+    let srv = TlsServer::start(&[
+        "--workers",
+        "1",
+        "--max-connections-per-ip",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--proxy-protocol",
+        "true",
+    ]);
+    let mut first = tls_behind_proxy(&srv, "198.51.100.9").expect("TLS after the PROXY header");
+    assert_eq!(upgrade_status(&mut first), 101);
+    // Refused before any handshake (no way to send a status): the connection is closed, as at accept.
+    assert!(tls_behind_proxy(&srv, "198.51.100.9").is_err(), "the client the header names is at its limit");
+    let mut other = tls_behind_proxy(&srv, "198.51.100.10").expect("another client");
+    assert_eq!(upgrade_status(&mut other), 101, "another client");
+}

@@ -525,7 +525,16 @@ impl Worker {
                 conn.flags &= !VIA_PROXY;
                 let Some(client) = client.map(|a| a.ip().to_canonical()) else { return true };
                 if self.adopt_client(key, client).is_err() {
-                    self.refuse_over_limit(key, client);
+                    if let Some(Transport::Tls(_)) = self.conns.get(key).map(|c| &c.transport) {
+                        // No handshake yet, so no way to say 503: closed, as at accept on a TLS port.
+                        self.metrics.inc(Metric::RejectedPerIp);
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            super::secure::count_handshake_end(conn, &mut self.metrics, Metric::TlsRefused);
+                        }
+                        self.close_now(key);
+                    } else {
+                        self.refuse_over_limit(key, client);
+                    }
                     return false;
                 }
                 true
