@@ -10,56 +10,48 @@
 //!   few records, ciphertext out for one `writev` or a caller-owned buffer.
 //! - [`record`]: reading TLS record headers (which alert was sent; record counts for tests and metrics).
 //!
-//! # How the worker will use it (design note; not wired yet)
+//! # How the worker uses it
 //!
-//! **Where it sits.** `server::conn::Conn` gains one field, `transport: Transport`, with
-//! `enum Transport { Plain, Tls(Box<TlsSession>) }`. The box makes the enum one pointer wide with `Plain` in
-//! the null niche: a plain connection pays 8 bytes in `Conn` and no heap. A `TlsSession` is ~1.2 KB
-//! (`rustls::ServerConnection` is 1168 B) plus rustls' heap buffers. Everything above the transport (phases,
-//! HTTP parsing, the WebSocket core, outbox, auth, limits) is shared: a TLS connection differs only in how
-//! bytes cross the socket. The listener that accepted the socket decides the variant in `admit`.
+//! **Where it sits.** `server::conn::Conn` has one field for it, `transport: server::transport::Transport`
+//! (`Plain`, or `Tls(Box<TlsConn>)`): one pointer wide with `Plain` in the null niche, so a plain connection
+//! pays 8 bytes and no heap. Everything above the transport (phases, HTTP parsing, the WebSocket core,
+//! outbox, auth, limits) is shared; the listener that accepted the socket decides the variant
+//! (`server::worker::admit`), and `server::secure` holds the worker's TLS side.
 //!
-//! **Read path.** `read_conn` reads the socket as today, but for `Tls` into a per-worker scratch buffer
-//! (ciphertext is dead once fed), then `session.feed(&scratch[..n], &mut conn.rbuf)`; from there `process`
-//! runs unchanged on `rbuf`. `feed` returning 0 plaintext bytes is normal (handshake records, a partial
-//! record). After `feed`, if `session.wants_write()` (handshake messages, tickets, an alert) the connection is
-//! marked dirty so this turn's flush sends them. `Err(TlsError::Protocol)`: count the reason, flush the alert,
-//! close. `peer_closed()` is treated like EOF (`PEER_EOF`). `rbuf` keeps its pool discipline: plaintext is
-//! what the receive-memory accounting counts; ciphertext is never held beyond rustls' partial record.
+//! **Read path.** `read_conn` reads ciphertext into a per-worker scratch buffer and feeds it to the session,
+//! which appends plaintext to the connection's (pooled) read buffer; `process` then runs unchanged. The first
+//! bytes are sniffed: plain HTTP on the TLS port gets a plain 400 saying so. A protocol error counts its
+//! reason, sends the alert and closes; `close_notify` from the peer is EOF. With `proxy_protocol`, the PROXY
+//! header is read in the clear first and what follows it is fed to the session.
 //!
-//! **Write path.** `flush_conn` for `Tls`: if `session.pending_tls()` is below a watermark (0 or one record),
-//! `conn.outbox.write_to(&mut session.sealer())` moves the whole turn's queue (one `write_vectored` of up to
-//! `IOV_MAX` frames) into records, so a fan-out turn of many small frames is one or a few records, and the
-//! outbox's byte count drops as if written; then `session.write_tls_to(&mut conn.stream)` until `WouldBlock`
-//! or `!wants_write()`: each call is one `writev` of up to 64 records from rustls' buffers. `WRITE_WAIT` and
-//! the WRITABLE interest then follow `session.wants_write()` as well as the outbox. Backpressure stays where
-//! it is: a peer that stops reading leaves plaintext in the outbox (never more than one turn of ciphertext
-//! in rustls), so `max_backpressure`, read pausing and slow-consumer eviction keep working unchanged. The close
-//! path calls `session.close()` before the socket's `shutdown(Write)` and flushes the `close_notify` first.
+//! **Write path.** `write_tls`: pending records are written first (`write_tls_to`: one `writev` of up to 64
+//! records); only when none are pending is the whole outbox sealed (`outbox.write_to(&mut sealer())`: one
+//! `write_vectored` of up to `IOV_MAX` frames, so a fan-out turn of many small frames becomes one or a few
+//! records). A peer that stops reading therefore leaves plaintext in the outbox, where `max_backpressure`,
+//! read pausing and the slow-consumer policy apply unchanged. WRITABLE interest follows the outbox and the
+//! pending records. Before the write side is shut down, `close_notify` is queued and flushed.
 //!
 //! **Buffers.** The buffered rustls API owns its ciphertext buffers: records are allocated when sealed and
-//! freed when written, so an idle TLS connection holds no output buffer and the mio path needs no output pool.
-//! The per-worker pool the issue asks for is for the io_uring driver (`drain_tls_into` into a pooled
-//! `Vec<u8>` that the ring owns until the write completes, given back on completion) and for the read
-//! scratch. To check against the 4 KiB-per-idle-connection target: rustls keeps a deframer buffer and chunk
-//! queues per connection; measure with the 19,000-connection run. If they stay allocated while idle, the
-//! fallback is rustls' `UnbufferedServerConnection`, where the caller owns every buffer (pooled) and the same
-//! `TlsSession` API can sit on top of it.
+//! freed when written, so an idle TLS connection holds no output buffer. It does keep a 4 KiB deframer buffer
+//! for life once anything was read (rustls' `READ_SIZE`): measured at 7.5 KB per idle `ServerConnection`
+//! (1168 B the struct, ~0.8 KB its initial allocations, 4 KiB the deframer buffer, ~1.4 KB traffic keys and
+//! state), see tuning.md. Getting under 4 KiB per idle connection means rustls' `UnbufferedServerConnection`,
+//! where the caller owns the incoming buffer and can pool it like the read buffers; the same `TlsSession` API
+//! can sit on top of it. `drain_tls_into` is for the io_uring driver (a pooled buffer the ring owns until the
+//! write completes).
 //!
-//! **Timeouts.** The TLS handshake runs inside `Phase::Http { deadline }`: the deadline set in `admit` from
-//! `handshake_timeout` covers TCP accept -> TLS handshake -> HTTP upgrade, so a stalled or slowloris TLS client
-//! is closed by the same `tick` sweep as a slow HTTP head (on timeout, close without an HTTP 408: a TLS client
-//! that never finished the handshake cannot read one). `TlsSession` reads no clock.
+//! **Timeouts.** The TLS handshake runs inside `Phase::Http { deadline }`: `handshake_timeout` covers TCP
+//! accept -> TLS handshake -> HTTP upgrade, so a stalled or slowloris TLS client is closed by the same `tick`
+//! sweep as a slow HTTP head, without an HTTP 408 (it could not read one). `TlsSession` reads no clock.
 //!
-//! **Metrics** (per-worker counters, as the rest): `herald_tls_handshakes_total{result}` with `ok` and each
-//! `TlsError::reason()` plus `timeout` and `eof` (the client vanished mid-handshake), counted when
-//! `is_handshaking()` turns false or the connection ends during it; `herald_tls_connections` (gauge);
-//! `herald_tls_protocol_total{version}` from `protocol_version()`; `herald_tls_resumed_total` /
-//! `herald_tls_full_total` from `handshake_kind()`; `herald_tls_cert_reloads_total{result}`.
+//! **Metrics:** `herald_tls_handshakes_total{result}` (`ok`, each [`TlsError::reason`], `timeout`, `eof`,
+//! `not_tls`, `refused`), `herald_tls_connections` (gauge), `herald_tls_protocol_total{version}`,
+//! `herald_tls_sessions_total{kind=full|resumed}`, `herald_tls_errors_total` (after the handshake),
+//! `herald_tls_cert_reloads_total{result}`.
 //!
-//! **Reload.** `certs::load_certified_key` redoes the file checks; the new `Arc<CertifiedKey>` goes into a
-//! fresh `server_config_with(.., same ticketer, ..)`, and each worker swaps its `Arc<ServerConfig>` for new
-//! accepts (existing sessions keep theirs). Reusing the ticketer keeps clients' tickets valid across a reload.
+//! **Reload.** On SIGHUP `server::ServerHandle::cert_reloader` redoes the file checks and builds a fresh
+//! configuration with the same ticketer (clients' tickets stay valid); every worker swaps it in for new
+//! accepts, existing sessions keep theirs. A failed reload keeps the old certificate and is counted.
 
 pub mod certs;
 pub mod record;
