@@ -13,6 +13,7 @@ use crate::engine::{Conn, Dial, Load, State, DIAL_BATCH};
 use crate::json;
 use crate::scan::Scanner;
 use crate::stats::{self, Failure};
+use crate::tls::Stream;
 
 impl Worker {
     /// Dials the connections that are due under the connect rate.
@@ -29,6 +30,15 @@ impl Worker {
             };
             let shared = self.shared.clone();
             let progress = &shared.progress[self.id];
+            let session = match self.tls.as_ref().map(|tls| tls.session()).transpose() {
+                Ok(session) => session,
+                Err(e) => {
+                    self.connect_failures.count(classify_io(&e));
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    self.on_gone(kind, false);
+                    continue;
+                }
+            };
             let mut sock = match self.dialer.dial() {
                 Ok(sock) => sock,
                 Err(e) => {
@@ -63,7 +73,7 @@ impl Worker {
             let handshake = Handshake::new(&self.host, &path, nonce, &extra);
             let prefix = if dial.json { json::PREFIX_LEN } else { crate::plan::payload::HEADER_LEN };
             entry.insert(Conn {
-                sock,
+                stream: Stream::new(sock, session),
                 kind,
                 json: dial.json,
                 state: State::Handshaking(Box::new((handshake, dial))),
