@@ -15,26 +15,32 @@
 //! Resumption: off by default, so `conns` measures full handshakes; `--tls-resume` shares one session cache
 //! (TLS 1.3 tickets, TLS 1.2 tickets) among every connection of the run, so that all but the first few resume.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::Resumption;
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption,
+    Tls13ClientSessionValue,
+};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, ProtocolVersion, SignatureScheme};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, ProtocolVersion, SignatureScheme,
+};
 use serde::Serialize;
 
 use crate::stats::Failure;
 use crate::sys;
 
-/// Sessions the shared cache keeps with `--tls-resume` (rustls keeps up to 8 TLS 1.3 tickets per server).
-const SESSION_CACHE: usize = 1024;
+/// TLS 1.3 tickets the shared store keeps with `--tls-resume` (the oldest go first beyond it).
+const MAX_TICKETS: usize = 32 * 1024;
 
 /// Why the TLS settings could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +150,11 @@ impl ClientTls {
                 .with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.resumption = if resume { Resumption::in_memory_sessions(SESSION_CACHE) } else { Resumption::disabled() };
+        config.resumption = if resume {
+            Resumption::store(Arc::new(TicketStore::default())).tls12_resumption(Tls12Resumption::SessionIdOrTickets)
+        } else {
+            Resumption::disabled()
+        };
         let server_name =
             ServerName::try_from(host.to_owned()).map_err(|_| TlsSetupError::BadServerName(host.to_owned()))?;
         Ok(ClientTls { config: Arc::new(config), server_name, trust, resume, counts: TlsCounts::default() })
@@ -225,6 +235,60 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsSetupError> {
         roots.add(cert).map_err(|e| bad(format!("unusable certificate: {e}")))?;
     }
     Ok(roots)
+}
+
+/// `--tls-resume`'s session store, shared by every connection of the run. rustls' own cache keeps at most 8
+/// TLS 1.3 tickets per server, so a burst of connections would mostly find none and fall back to full
+/// handshakes; this one keeps every ticket the server sent (up to [`MAX_TICKETS`]), each used once, so that
+/// a `conns` run measures resumed handshakes once the first few have completed. A run has one server name:
+/// tickets are kept in one queue whatever the name (rustls checks a ticket's suite and freshness itself).
+/// TLS 1.2 sessions and key-exchange hints go to rustls' cache.
+#[derive(Debug)]
+struct TicketStore {
+    rest: ClientSessionMemoryCache,
+    tls13: Mutex<VecDeque<Tls13ClientSessionValue>>,
+}
+
+impl Default for TicketStore {
+    fn default() -> TicketStore {
+        TicketStore { rest: ClientSessionMemoryCache::new(64), tls13: Mutex::new(VecDeque::new()) }
+    }
+}
+
+impl ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.rest.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.rest.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.rest.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.rest.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.rest.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(&self, _server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        if let Ok(mut tickets) = self.tls13.lock() {
+            if tickets.len() >= MAX_TICKETS {
+                tickets.pop_front();
+            }
+            tickets.push_back(value);
+        }
+    }
+
+    fn take_tls13_ticket(&self, _server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        // Newest first: the freshest ticket is the least likely to have expired.
+        self.tls13.lock().ok()?.pop_back()
+    }
 }
 
 /// `--insecure`: any certificate chain is accepted, but the handshake signatures are verified with the
