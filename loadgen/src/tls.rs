@@ -111,6 +111,8 @@ pub struct ClientTls {
     pub trust: Trust,
     /// Whether sessions are resumed.
     pub resume: bool,
+    /// `--tls-resume`: the run's ticket store.
+    tickets: Option<Arc<TicketStore>>,
     /// Handshakes done so far.
     pub counts: TlsCounts,
 }
@@ -150,14 +152,20 @@ impl ClientTls {
                 .with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.resumption = if resume {
-            Resumption::store(Arc::new(TicketStore::default())).tls12_resumption(Tls12Resumption::SessionIdOrTickets)
-        } else {
-            Resumption::disabled()
+        let tickets = resume.then(|| Arc::new(TicketStore::default()));
+        config.resumption = match &tickets {
+            Some(store) => Resumption::store(store.clone()).tls12_resumption(Tls12Resumption::SessionIdOrTickets),
+            None => Resumption::disabled(),
         };
         let server_name =
             ServerName::try_from(host.to_owned()).map_err(|_| TlsSetupError::BadServerName(host.to_owned()))?;
-        Ok(ClientTls { config: Arc::new(config), server_name, trust, resume, counts: TlsCounts::default() })
+        Ok(ClientTls { config: Arc::new(config), server_name, trust, resume, tickets, counts: TlsCounts::default() })
+    }
+
+    /// With `--tls-resume`, whether a new connection would find a ticket to resume with (a session takes its
+    /// ticket when it is created). Always true without resumption.
+    pub fn has_ticket(&self) -> bool {
+        self.tickets.as_ref().is_none_or(|t| t.tls13.lock().is_ok_and(|q| !q.is_empty()))
     }
 
     /// A new client session for one connection.

@@ -43,6 +43,8 @@ pub struct Worker {
     dial_interval_ns: u64,
     next_dial_ns: u64,
     in_progress: Vec<usize>,
+    /// `--tls-resume`: dialing waits for a ticket (a handshake's end wakes the loop, not the dial clock).
+    dial_blocked: bool,
     connect_timeout_ns: u64,
     load: Load,
     rbuf: Vec<u8>,
@@ -120,6 +122,7 @@ impl Worker {
             dial_interval_ns: if per_thread_rate > 0.0 { (1e9 / per_thread_rate) as u64 } else { 0 },
             next_dial_ns: now,
             in_progress: Vec::new(),
+            dial_blocked: false,
             connect_timeout_ns: cfg.connect_timeout.as_nanos() as u64,
             load,
             rbuf: vec![0; cfg.read_size.max(4096) + crate::scan::CARRY_MAX],
@@ -205,7 +208,7 @@ impl Worker {
     fn plan_wakeup(&mut self, phase: Phase) -> io::Result<Option<Duration>> {
         let now = sys::now_ns();
         let mut deadline = self.next_tick_ns;
-        if !self.to_dial.is_empty() {
+        if !self.to_dial.is_empty() && !self.dial_blocked {
             deadline = deadline.min(self.next_dial_ns);
         }
         if phase == Phase::Run {

@@ -19,7 +19,15 @@ impl Worker {
     /// Dials the connections that are due under the connect rate.
     pub(super) fn dial_due(&mut self) {
         let mut budget = DIAL_BATCH;
-        while budget > 0 && self.now >= self.next_dial_ns {
+        self.dial_blocked = false;
+        while budget > 0 && self.now >= self.next_dial_ns && !self.to_dial.is_empty() {
+            // `--tls-resume`: a connection dialed before a ticket is in the store would make a full handshake,
+            // so while handshakes are under way (each brings tickets) the next dial waits for a ticket. With
+            // none under way, it goes ahead (the first connection, or a server that sends no tickets).
+            if self.tls.as_ref().is_some_and(|t| !t.has_ticket()) && self.handshaking() > 0 {
+                self.dial_blocked = true;
+                break;
+            }
             let Some(dial) = self.to_dial.pop_front() else { break };
             let kind = dial.kind;
             budget -= 1;
@@ -86,6 +94,14 @@ impl Worker {
             // The request is written once the connect completes (the socket turns writable).
             self.in_progress.push(token);
         }
+    }
+
+    /// Connections dialed whose handshake is not done yet.
+    fn handshaking(&self) -> usize {
+        self.in_progress
+            .iter()
+            .filter(|&&t| self.conns.get(t).is_some_and(|c| matches!(c.state, State::Handshaking(_))))
+            .count()
     }
 
     /// Fails connections that have not opened within the connect timeout.
