@@ -18,8 +18,11 @@ use crate::sys;
 /// Largest response head accepted from a server.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
-/// Classifies a socket error.
+/// Classifies a socket (or, for `wss://`, TLS) error.
 pub fn classify_io(e: &io::Error) -> Failure {
+    if let Some(failure) = crate::tls::classify(e) {
+        return failure;
+    }
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => Failure::Refused,
         Some(libc::ETIMEDOUT) => Failure::Timeout,

@@ -221,6 +221,9 @@ impl ConnsReport {
             self.connect_failures.summary(),
             self.disconnects.summary()
         );
+        if let Some(tls) = &self.engine.tls {
+            s += &tls.human();
+        }
         s += &self.server.human();
         s
     }

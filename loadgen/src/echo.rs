@@ -429,6 +429,9 @@ impl EchoReport {
             self.connect_failures.summary(),
             self.disconnects.summary()
         );
+        if let Some(tls) = &self.engine.tls {
+            s += &tls.human();
+        }
         s += &format!(
             "  loadgen CPU  {:.1}% of {} worker core(s), {:.1} ns per round trip{}\n",
             self.loadgen.cpu_share * 100.0,

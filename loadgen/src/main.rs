@@ -31,6 +31,7 @@ mod scan;
 mod soak;
 mod stats;
 mod sys;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,9 +70,23 @@ enum Command {
 /// Options every scenario takes.
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// Server URL (ws:// only).
+    /// Server URL: ws://host[:port] or wss://host[:port] (TLS; needs --ca or --insecure).
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
+    /// wss://: trust the certificates in this PEM file (the server's certificate must chain to one and name
+    /// the URL's host, or --server-name).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// wss://: accept any server certificate (handshake signatures are still verified).
+    #[arg(long)]
+    insecure: bool,
+    /// wss://: resume TLS sessions (one ticket cache shared by every connection of the run); default: every
+    /// connection makes a full handshake.
+    #[arg(long)]
+    tls_resume: bool,
+    /// wss://: the name the server's certificate must carry (and the SNI sent); default: the URL's host.
+    #[arg(long)]
+    server_name: Option<String>,
     /// Worker threads (event loops); default: available cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -373,7 +388,6 @@ fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
         bail!("--connect-rate must be a non-negative number");
     }
     Ok(EngineConfig {
-        target,
         threads,
         cpus,
         connect_rate: c.connect_rate,
@@ -386,7 +400,27 @@ fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
         rx_time: c.rx_time,
         auth: auth::Auth::from_args(&c.auth)?.map(std::sync::Arc::new),
         origin: c.auth.origin.clone(),
+        tls: client_tls(c, &target)?.map(std::sync::Arc::new),
+        target,
     })
+}
+
+/// The TLS settings for a `wss://` URL (`None` for `ws://`).
+fn client_tls(c: &CommonArgs, target: &Target) -> anyhow::Result<Option<tls::ClientTls>> {
+    if !target.tls {
+        if c.ca.is_some() || c.insecure || c.tls_resume || c.server_name.is_some() {
+            return Err(tls::TlsSetupError::NotWss.into());
+        }
+        return Ok(None);
+    }
+    let trust = match (&c.ca, c.insecure) {
+        (Some(_), true) => return Err(tls::TlsSetupError::BothTrust.into()),
+        (Some(path), false) => tls::Trust::Ca(path.clone()),
+        (None, true) => tls::Trust::Insecure,
+        (None, false) => return Err(tls::TlsSetupError::NoTrust.into()),
+    };
+    let name = c.server_name.as_deref().unwrap_or(&target.hostname);
+    Ok(Some(tls::ClientTls::new(name, trust, c.tls_resume)?))
 }
 
 /// Parses `--max-loss`: a fraction (0.001) or a percentage (0.1%).
@@ -498,6 +532,9 @@ fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     report::print_human(args.common.json.as_deref(), &report.human());
     if let Some(path) = &args.common.json {
         report::write_json(path, &report)?;
+    }
+    if report.opened == 0 && plan.conns > 0 {
+        return Err(engine::RunError::NothingConnected(report.connect_failures.summary()).into());
     }
     Ok(ExitCode::SUCCESS)
 }

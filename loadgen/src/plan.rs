@@ -14,8 +14,8 @@ use serde::Serialize;
 /// An error in the run's description (bad URL, impossible combination of settings).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    /// The URL is not `ws://host[:port][/...]`.
-    #[error("invalid URL {0:?}: expected ws://host[:port] (wss:// is not supported)")]
+    /// The URL is not `ws://host[:port][/...]` or `wss://host[:port][/...]`.
+    #[error("invalid URL {0:?}: expected ws://host[:port] or wss://host[:port]")]
     BadUrl(String),
     /// The host did not resolve.
     #[error("cannot resolve {0:?}")]
@@ -49,13 +49,22 @@ pub struct Target {
     pub host: String,
     /// The address connected to.
     pub addr: SocketAddr,
+    /// `wss://`: TLS on every connection.
+    pub tls: bool,
+    /// The host without port or IPv6 brackets: the name the server's certificate must carry.
+    pub hostname: String,
 }
 
 impl Target {
-    /// Parses `ws://host[:port][/ignored]` and resolves the host (the first address wins).
+    /// Parses `ws://host[:port][/ignored]` or `wss://...` (default port 80 or 443) and resolves the host (the
+    /// first address wins).
     pub fn parse(url: &str) -> Result<Target, PlanError> {
         let bad = || PlanError::BadUrl(url.to_owned());
-        let rest = url.strip_prefix("ws://").ok_or_else(bad)?;
+        let (tls, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err(bad()),
+        };
         let authority = rest.split('/').next().unwrap_or("");
         if authority.is_empty() || authority.contains('@') {
             return Err(bad());
@@ -64,13 +73,19 @@ impl Target {
             Some(close) => authority[close..].contains(':'),
             None => authority.contains(':'),
         };
-        let with_port = if has_port { authority.to_owned() } else { format!("{authority}:80") };
+        let hostname = match authority.rfind(']') {
+            Some(close) => authority[..close].trim_start_matches('['),
+            None if has_port => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            None => authority,
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let with_port = if has_port { authority.to_owned() } else { format!("{authority}:{default_port}") };
         let addr = with_port
             .to_socket_addrs()
             .map_err(|_| PlanError::Unresolvable(authority.to_owned()))?
             .next()
             .ok_or_else(|| PlanError::Unresolvable(authority.to_owned()))?;
-        Ok(Target { url: url.to_owned(), host: authority.to_owned(), addr })
+        Ok(Target { url: url.to_owned(), host: authority.to_owned(), addr, tls, hostname: hostname.to_owned() })
     }
 }
 
@@ -465,9 +480,22 @@ mod tests {
         assert_eq!(t.host, "127.0.0.1");
         let t = Target::parse("ws://[::1]:9000").expect("url");
         assert_eq!(t.addr, "[::1]:9000".parse().unwrap());
+        assert!(!t.tls);
+        assert_eq!(t.hostname, "::1");
         assert!(Target::parse("http://127.0.0.1").is_err());
-        assert!(Target::parse("wss://127.0.0.1").is_err());
         assert!(Target::parse("ws://").is_err());
+        assert!(Target::parse("wss://").is_err());
+    }
+
+    #[test]
+    fn parses_wss_urls_with_port_443_by_default() {
+        let t = Target::parse("wss://127.0.0.1").expect("url");
+        assert!(t.tls);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!((t.host.as_str(), t.hostname.as_str()), ("127.0.0.1", "127.0.0.1"));
+        let t = Target::parse("wss://localhost:9443/x").expect("url");
+        assert_eq!(t.addr.port(), 9443);
+        assert_eq!((t.host.as_str(), t.hostname.as_str()), ("localhost:9443", "localhost"));
     }
 
     #[test]

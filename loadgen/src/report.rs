@@ -128,6 +128,8 @@ pub struct EngineSummary {
     pub rx_time: crate::engine::RxTime,
     /// How connections authenticated (`null`: they did not).
     pub auth: Option<crate::auth::AuthSummary>,
+    /// `wss://`: how TLS was set up and the handshakes it made (`null`: plain `ws://`).
+    pub tls: Option<crate::tls::TlsSummary>,
 }
 
 impl EngineSummary {
@@ -144,6 +146,7 @@ impl EngineSummary {
             read_size: cfg.read_size,
             rx_time: cfg.rx_time,
             auth: cfg.auth.as_ref().map(|a| a.summary()),
+            tls: cfg.tls.as_ref().map(|t| t.summary()),
         }
     }
 }
@@ -474,6 +477,9 @@ impl FanoutReport {
                 n => format!("; error replies {n}"),
             }
         );
+        if let Some(tls) = &self.engine.tls {
+            s += &tls.human();
+        }
         let u = &self.loadgen;
         let per_thread: Vec<String> = u
             .threads

@@ -321,6 +321,10 @@ pub enum Failure {
     /// `--protocol json`: the server answered a request made while opening (auth, subscribe) with an
     /// `error` reply carrying this code.
     ErrorReply(ReplyCode),
+    /// `wss://`: the server's certificate was rejected, for this reason (see `--ca`, `--insecure`).
+    TlsCertificate(&'static str),
+    /// `wss://`: any other TLS failure (a protocol error, an alert from the server).
+    Tls,
 }
 
 /// An `error` reply's `code`, kept inline (at most 31 bytes) so that a [`Failure`] stays `Copy`.
@@ -371,6 +375,10 @@ pub struct Failures {
     pub eof: u64,
     /// `--protocol json`: error replies to the requests made while opening: code -> count.
     pub error_reply: BTreeMap<String, u64>,
+    /// `wss://`: server certificates rejected: reason -> count.
+    pub tls_certificate: BTreeMap<String, u64>,
+    /// `wss://`: other TLS failures.
+    pub tls: u64,
 }
 
 impl Failures {
@@ -388,6 +396,8 @@ impl Failures {
             Failure::ClosedByServer(c) => *self.closed_by_server.entry(c).or_default() += 1,
             Failure::Eof => self.eof += 1,
             Failure::ErrorReply(code) => *self.error_reply.entry(code.as_str().to_owned()).or_default() += 1,
+            Failure::TlsCertificate(why) => *self.tls_certificate.entry(why.to_owned()).or_default() += 1,
+            Failure::Tls => self.tls += 1,
         }
     }
 
@@ -410,6 +420,10 @@ impl Failures {
         for (k, v) in &o.error_reply {
             *self.error_reply.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &o.tls_certificate {
+            *self.tls_certificate.entry(k.clone()).or_default() += v;
+        }
+        self.tls += o.tls;
     }
 
     /// Total failures of every class.
@@ -425,6 +439,8 @@ impl Failures {
             + self.closed_by_server.values().sum::<u64>()
             + self.eof
             + self.error_reply.values().sum::<u64>()
+            + self.tls_certificate.values().sum::<u64>()
+            + self.tls
     }
 
     /// A one-line summary of the non-zero classes, e.g. `refused 3, http 503 x2`.
@@ -443,6 +459,7 @@ impl Failures {
         push("handshake", self.handshake);
         push("protocol", self.protocol);
         push("eof", self.eof);
+        push("tls", self.tls);
         for (s, n) in &self.http_status {
             parts.push(format!("http {s} x{n}"));
         }
@@ -451,6 +468,9 @@ impl Failures {
         }
         for (c, n) in &self.error_reply {
             parts.push(format!("error reply {c} x{n}"));
+        }
+        for (why, n) in &self.tls_certificate {
+            parts.push(format!("server certificate rejected ({why}; check --ca or use --insecure) x{n}"));
         }
         if parts.is_empty() {
             "none".to_owned()

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::Token;
 
 use crate::auth::Auth;
@@ -34,6 +33,7 @@ use crate::client::{classify_io, Handshake};
 use crate::echo::EchoLocal;
 use crate::fanout::FanoutLocal;
 use crate::plan::Target;
+use crate::tls::{ClientTls, Stream};
 
 mod worker;
 
@@ -71,6 +71,8 @@ pub struct EngineConfig {
     pub auth: Option<Arc<Auth>>,
     /// The `Origin` header sent with every upgrade.
     pub origin: Option<String>,
+    /// `wss://`: the TLS settings (`None`: plain `ws://`).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 /// Where a message's receive time comes from.
@@ -275,7 +277,8 @@ enum State {
 /// One client connection.
 #[derive(Debug)]
 pub struct Conn {
-    pub(crate) sock: TcpStream,
+    /// The socket, and the TLS session on it for `wss://`: the only part where the two differ.
+    pub(crate) stream: Stream,
     pub(crate) kind: Kind,
     /// Speaks herald's JSON protocol: text replies are classified, not counted as messages.
     pub(crate) json: bool,
@@ -295,15 +298,15 @@ impl Conn {
         matches!(self.state, State::Open)
     }
 
-    /// Bytes still to write.
+    /// Bytes still to write (for TLS, sealed bytes waiting for the socket count as one).
     pub fn pending(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + usize::from(self.stream.tls_pending())
     }
 
     /// Writes pending bytes until done or `WouldBlock`. `Ok(true)`: nothing left.
     pub fn flush(&mut self) -> Result<bool, Failure> {
         while self.out_pos < self.out.len() {
-            match self.sock.write(&self.out[self.out_pos..]) {
+            match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(Failure::Eof),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -316,6 +319,14 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
+        match self.stream.flush_tls() {
+            Ok(true) => {}
+            Ok(false) => {
+                self.write_blocked = true;
+                return Ok(false);
+            }
+            Err(e) => return Err(classify_io(&e)),
+        }
         self.write_blocked = false;
         Ok(true)
     }

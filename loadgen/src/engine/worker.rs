@@ -3,8 +3,7 @@
 //! connect timeouts and the requests a connection makes before it counts as open are in [`open`].
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,12 +36,15 @@ pub struct Worker {
     conns: Slab<Conn>,
     dialer: Dialer,
     host: String,
+    tls: Option<Arc<crate::tls::ClientTls>>,
     origin: Option<String>,
     auth: Option<Arc<Auth>>,
     to_dial: VecDeque<Dial>,
     dial_interval_ns: u64,
     next_dial_ns: u64,
     in_progress: Vec<usize>,
+    /// `--tls-resume`: dialing waits for a ticket (a handshake's end wakes the loop, not the dial clock).
+    dial_blocked: bool,
     connect_timeout_ns: u64,
     load: Load,
     rbuf: Vec<u8>,
@@ -113,12 +115,14 @@ impl Worker {
             conns: Slab::with_capacity(to_dial.len()),
             dialer: Dialer::new(cfg.target.addr, cfg.source_ips.clone(), id, cfg.rx_time == RxTime::Kernel),
             host: cfg.target.host.clone(),
+            tls: cfg.tls.clone(),
             origin: cfg.origin.clone(),
             auth: cfg.auth.clone(),
             to_dial,
             dial_interval_ns: if per_thread_rate > 0.0 { (1e9 / per_thread_rate) as u64 } else { 0 },
             next_dial_ns: now,
             in_progress: Vec::new(),
+            dial_blocked: false,
             connect_timeout_ns: cfg.connect_timeout.as_nanos() as u64,
             load,
             rbuf: vec![0; cfg.read_size.max(4096) + crate::scan::CARRY_MAX],
@@ -204,7 +208,7 @@ impl Worker {
     fn plan_wakeup(&mut self, phase: Phase) -> io::Result<Option<Duration>> {
         let now = sys::now_ns();
         let mut deadline = self.next_tick_ns;
-        if !self.to_dial.is_empty() {
+        if !self.to_dial.is_empty() && !self.dial_blocked {
             deadline = deadline.min(self.next_dial_ns);
         }
         if phase == Phase::Run {
@@ -328,19 +332,22 @@ impl Worker {
         match &mut conn.state {
             State::Handshaking(opening) => {
                 let h = &mut opening.0;
-                match connect_result(&conn.sock) {
+                match connect_result(&conn.stream.sock) {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(f) => return self.close(token, Some(f)),
                 }
-                let progress = match h.write_request(&mut conn.sock) {
-                    Ok(true) => h.read_response(&mut conn.sock),
+                let progress = match h.write_request(&mut conn.stream) {
+                    Ok(true) => h.read_response(&mut conn.stream),
                     Ok(false) => Ok(HandshakeProgress::Pending),
                     Err(f) => Err(f),
                 };
                 match progress {
                     Ok(HandshakeProgress::Pending) => {}
                     Ok(HandshakeProgress::Open(rest)) => {
+                        if let Some(tls) = &self.tls {
+                            tls.count(&conn.stream);
+                        }
                         let setup = State::Setup { awaiting: 0, message_token: None };
                         if let State::Handshaking(opening) = std::mem::replace(&mut conn.state, setup) {
                             self.upgraded(token, opening.1, &rest);
@@ -372,11 +379,12 @@ impl Worker {
             let carry = conn.scanner.carry().len();
             self.rbuf[..carry].copy_from_slice(conn.scanner.carry());
             let room = self.rbuf.len() - crate::scan::CARRY_MAX;
-            let result = match self.rx_offset {
-                Some(offset) => sys::recv_timestamped(conn.sock.as_raw_fd(), &mut self.rbuf[carry..carry + room])
-                    .map(|(n, stamp)| (n, stamp.map(|real| real.wrapping_add(offset)))),
-                None => conn.sock.read(&mut self.rbuf[carry..carry + room]).map(|n| (n, None)),
-            };
+            let offset = self.rx_offset;
+            let tls = conn.stream.is_tls();
+            let result = conn
+                .stream
+                .read_stamped(&mut self.rbuf[carry..carry + room], offset.is_some())
+                .map(|(n, stamp)| (n, stamp.and_then(|real| offset.map(|o| real.wrapping_add(o)))));
             match result {
                 Ok((0, _)) => return self.close(token, Some(Failure::Eof)),
                 Ok((n, stamp)) => {
@@ -387,8 +395,9 @@ impl Worker {
                         Ok(true) => self.mark_open(token),
                         Err(f) => return self.close(token, Some(f)),
                     }
-                    if n < room {
-                        // A short read emptied the socket; the next arrival raises a new edge.
+                    if n < room && !tls {
+                        // A short read emptied the socket; the next arrival raises a new edge. (A short TLS
+                        // read is one record's plaintext: the socket may hold more.)
                         return;
                     }
                 }
@@ -541,7 +550,7 @@ impl Worker {
             return;
         }
         let mut conn = self.conns.remove(token);
-        let _ = self.poll.registry().deregister(&mut conn.sock);
+        let _ = self.poll.registry().deregister(&mut conn.stream.sock);
         let was_open = conn.is_open();
         let p = &self.shared.progress[self.id];
         if was_open {

@@ -13,12 +13,21 @@ use crate::engine::{Conn, Dial, Load, State, DIAL_BATCH};
 use crate::json;
 use crate::scan::Scanner;
 use crate::stats::{self, Failure};
+use crate::tls::Stream;
 
 impl Worker {
     /// Dials the connections that are due under the connect rate.
     pub(super) fn dial_due(&mut self) {
         let mut budget = DIAL_BATCH;
-        while budget > 0 && self.now >= self.next_dial_ns {
+        self.dial_blocked = false;
+        while budget > 0 && self.now >= self.next_dial_ns && !self.to_dial.is_empty() {
+            // `--tls-resume`: a connection dialed before a ticket is in the store would make a full handshake,
+            // so while handshakes are under way (each brings tickets) the next dial waits for a ticket. With
+            // none under way, it goes ahead (the first connection, or a server that sends no tickets).
+            if self.tls.as_ref().is_some_and(|t| !t.has_ticket()) && self.handshaking() > 0 {
+                self.dial_blocked = true;
+                break;
+            }
             let Some(dial) = self.to_dial.pop_front() else { break };
             let kind = dial.kind;
             budget -= 1;
@@ -29,6 +38,15 @@ impl Worker {
             };
             let shared = self.shared.clone();
             let progress = &shared.progress[self.id];
+            let session = match self.tls.as_ref().map(|tls| tls.session()).transpose() {
+                Ok(session) => session,
+                Err(e) => {
+                    self.connect_failures.count(classify_io(&e));
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    self.on_gone(kind, false);
+                    continue;
+                }
+            };
             let mut sock = match self.dialer.dial() {
                 Ok(sock) => sock,
                 Err(e) => {
@@ -63,7 +81,7 @@ impl Worker {
             let handshake = Handshake::new(&self.host, &path, nonce, &extra);
             let prefix = if dial.json { json::PREFIX_LEN } else { crate::plan::payload::HEADER_LEN };
             entry.insert(Conn {
-                sock,
+                stream: Stream::new(sock, session),
                 kind,
                 json: dial.json,
                 state: State::Handshaking(Box::new((handshake, dial))),
@@ -76,6 +94,14 @@ impl Worker {
             // The request is written once the connect completes (the socket turns writable).
             self.in_progress.push(token);
         }
+    }
+
+    /// Connections dialed whose handshake is not done yet.
+    fn handshaking(&self) -> usize {
+        self.in_progress
+            .iter()
+            .filter(|&&t| self.conns.get(t).is_some_and(|c| matches!(c.state, State::Handshaking(_))))
+            .count()
     }
 
     /// Fails connections that have not opened within the connect timeout.

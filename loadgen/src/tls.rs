@@ -1,0 +1,505 @@
+//! `wss://`: the client's TLS configuration (which server certificates to trust, session resumption) and the
+//! transport, [`Stream`], the one piece in which a plain and a TLS connection differ.
+//!
+//! Everything above the transport (the opening handshake in [`crate::client`], the frame scanner, the
+//! scenarios) reads and writes plaintext through [`Stream`] whatever the scheme. For `wss://` the stream runs
+//! a `rustls::ClientConnection` (rustls' `ring` provider, as herald itself) over the same non-blocking mio
+//! socket, in the worker's own loop: ciphertext is read from the socket (with the kernel's receive timestamp,
+//! like plain reads), fed to rustls, and the plaintext handed up; plaintext written is sealed and written out
+//! at once. The TLS work therefore counts in loadgen's own CPU figures, and a connection's handshake time
+//! (dial to 101) includes the TLS handshake.
+//!
+//! Trust: `--ca FILE` trusts the certificates in that PEM file (the server's chain must lead to one of them
+//! and name the URL's host); `--insecure` accepts any certificate but still checks the handshake signatures
+//! with the provider, so the crypto cost is the same as a verifying client's minus the chain walk.
+//! Resumption: off by default, so `conns` measures full handshakes; `--tls-resume` shares one session cache
+//! (TLS 1.3 tickets, TLS 1.2 tickets) among every connection of the run, so that all but the first few resume.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mio::net::TcpStream;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption,
+    Tls13ClientSessionValue,
+};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, ProtocolVersion, SignatureScheme,
+};
+use serde::Serialize;
+
+use crate::stats::Failure;
+use crate::sys;
+
+/// TLS 1.3 tickets the shared store keeps with `--tls-resume` (the oldest go first beyond it).
+const MAX_TICKETS: usize = 32 * 1024;
+
+/// Why the TLS settings could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// `wss://` without saying which certificates to trust.
+    #[error("wss:// needs --ca FILE (trust the certificates in FILE) or --insecure (accept any certificate)")]
+    NoTrust,
+    /// Both trust options given.
+    #[error("--ca and --insecure contradict each other")]
+    BothTrust,
+    /// TLS options with a `ws://` URL.
+    #[error("--ca, --insecure, --tls-resume and --server-name need a wss:// URL")]
+    NotWss,
+    /// The CA file could not be read.
+    #[error("--ca {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The CA file is not PEM, or holds no certificate.
+    #[error("--ca {path}: {detail}")]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The host (or `--server-name`) is not a DNS name or IP address.
+    #[error("invalid TLS server name {0:?}")]
+    BadServerName(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Trust the certificates in this PEM file.
+    Ca(PathBuf),
+    /// Accept any certificate (signatures are still verified).
+    Insecure,
+}
+
+/// Handshake counts of a run, shared by its workers (one relaxed add per handshake).
+#[derive(Debug, Default)]
+pub struct TlsCounts {
+    /// Full handshakes.
+    pub full: AtomicU64,
+    /// Resumed handshakes.
+    pub resumed: AtomicU64,
+    /// Handshakes that negotiated TLS 1.3.
+    pub tls13: AtomicU64,
+    /// Handshakes that negotiated TLS 1.2.
+    pub tls12: AtomicU64,
+}
+
+/// Everything a worker needs to start TLS connections.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// The rustls configuration (shared: with `--tls-resume` its session cache is the run's).
+    pub config: Arc<ClientConfig>,
+    /// The name the certificate must carry (and the SNI sent, for a DNS name).
+    pub server_name: ServerName<'static>,
+    /// How the certificate is checked.
+    pub trust: Trust,
+    /// Whether sessions are resumed.
+    pub resume: bool,
+    /// `--tls-resume`: the run's ticket store.
+    tickets: Option<Arc<TicketStore>>,
+    /// Handshakes done so far.
+    pub counts: TlsCounts,
+}
+
+/// The TLS part of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsSummary {
+    /// Always true (the field is absent for `ws://`).
+    pub enabled: bool,
+    /// `ca` or `insecure`.
+    pub verify: &'static str,
+    /// The CA file, with `--ca`.
+    pub ca: Option<String>,
+    /// The certificate name checked.
+    pub server_name: String,
+    /// Session resumption offered (`--tls-resume`).
+    pub resume: bool,
+    /// The version negotiated (`TLSv1.3`, `TLSv1.2`, `mixed`; `null` before any handshake).
+    pub version: Option<&'static str>,
+    /// Full handshakes so far in this process.
+    pub full_handshakes: u64,
+    /// Resumed handshakes so far in this process.
+    pub resumed_handshakes: u64,
+}
+
+impl ClientTls {
+    /// The client TLS settings for `host` (the URL's host, without port or brackets, or `--server-name`).
+    pub fn new(host: &str, trust: Trust, resume: bool) -> Result<ClientTls, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let mut config = match &trust {
+            Trust::Ca(path) => builder.with_root_certificates(load_roots(path)?).with_no_client_auth(),
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+                .with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tickets = resume.then(|| Arc::new(TicketStore::default()));
+        config.resumption = match &tickets {
+            Some(store) => Resumption::store(store.clone()).tls12_resumption(Tls12Resumption::SessionIdOrTickets),
+            None => Resumption::disabled(),
+        };
+        let server_name =
+            ServerName::try_from(host.to_owned()).map_err(|_| TlsSetupError::BadServerName(host.to_owned()))?;
+        Ok(ClientTls { config: Arc::new(config), server_name, trust, resume, tickets, counts: TlsCounts::default() })
+    }
+
+    /// With `--tls-resume`, whether a new connection would find a ticket to resume with (a session takes its
+    /// ticket when it is created). Always true without resumption.
+    pub fn has_ticket(&self) -> bool {
+        self.tickets.as_ref().is_none_or(|t| t.tls13.lock().is_ok_and(|q| !q.is_empty()))
+    }
+
+    /// A new client session for one connection.
+    pub fn session(&self) -> io::Result<ClientConnection> {
+        ClientConnection::new(self.config.clone(), self.server_name.clone()).map_err(io::Error::other)
+    }
+
+    /// Counts the handshake `stream` completed.
+    pub fn count(&self, stream: &Stream) {
+        let Some(tls) = &stream.tls else { return };
+        let c = &self.counts;
+        match tls.handshake_kind() {
+            Some(HandshakeKind::Resumed) => c.resumed.fetch_add(1, Ordering::Relaxed),
+            _ => c.full.fetch_add(1, Ordering::Relaxed),
+        };
+        match tls.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => c.tls13.fetch_add(1, Ordering::Relaxed),
+            Some(ProtocolVersion::TLSv1_2) => c.tls12.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// What the report says about TLS.
+    pub fn summary(&self) -> TlsSummary {
+        let c = &self.counts;
+        let (tls13, tls12) = (c.tls13.load(Ordering::Relaxed), c.tls12.load(Ordering::Relaxed));
+        TlsSummary {
+            enabled: true,
+            verify: match self.trust {
+                Trust::Ca(_) => "ca",
+                Trust::Insecure => "insecure",
+            },
+            ca: match &self.trust {
+                Trust::Ca(path) => Some(path.display().to_string()),
+                Trust::Insecure => None,
+            },
+            server_name: self.server_name.to_str().into_owned(),
+            resume: self.resume,
+            version: match (tls13, tls12) {
+                (0, 0) => None,
+                (_, 0) => Some("TLSv1.3"),
+                (0, _) => Some("TLSv1.2"),
+                _ => Some("mixed"),
+            },
+            full_handshakes: c.full.load(Ordering::Relaxed),
+            resumed_handshakes: c.resumed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl TlsSummary {
+    /// One line for the human table.
+    pub fn human(&self) -> String {
+        format!(
+            "  tls          {} ({}), {} full / {} resumed handshakes{}\n",
+            self.version.unwrap_or("no handshake"),
+            self.verify,
+            self.full_handshakes,
+            self.resumed_handshakes,
+            if self.resume { ", resumption on" } else { "" }
+        )
+    }
+}
+
+/// Reads the trusted certificates of `--ca`.
+fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsSetupError> {
+    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Unreadable { path: path.to_owned(), source })?;
+    let bad = |detail: String| TlsSetupError::BadCa { path: path.to_owned(), detail };
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE section".to_owned()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| bad(format!("unusable certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// `--tls-resume`'s session store, shared by every connection of the run. rustls' own cache keeps at most 8
+/// TLS 1.3 tickets per server, so a burst of connections would mostly find none and fall back to full
+/// handshakes; this one keeps every ticket the server sent (up to [`MAX_TICKETS`]), each used once, so that
+/// a `conns` run measures resumed handshakes once the first few have completed. A run has one server name:
+/// tickets are kept in one queue whatever the name (rustls checks a ticket's suite and freshness itself).
+/// TLS 1.2 sessions and key-exchange hints go to rustls' cache.
+#[derive(Debug)]
+struct TicketStore {
+    rest: ClientSessionMemoryCache,
+    tls13: Mutex<VecDeque<Tls13ClientSessionValue>>,
+}
+
+impl Default for TicketStore {
+    fn default() -> TicketStore {
+        TicketStore { rest: ClientSessionMemoryCache::new(64), tls13: Mutex::new(VecDeque::new()) }
+    }
+}
+
+impl ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.rest.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.rest.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.rest.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.rest.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.rest.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(&self, _server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        if let Ok(mut tickets) = self.tls13.lock() {
+            if tickets.len() >= MAX_TICKETS {
+                tickets.pop_front();
+            }
+            tickets.push_back(value);
+        }
+    }
+
+    fn take_tls13_ticket(&self, _server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        // Newest first: the freshest ticket is the least likely to have expired.
+        self.tls13.lock().ok()?.pop_back()
+    }
+}
+
+/// `--insecure`: any certificate chain is accepted, but the handshake signatures are verified with the
+/// provider's algorithms, so the server must still hold the key of the certificate it sent.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS failure surfaced through `io::Error` (kind `InvalidData`), so that [`crate::client::classify_io`]
+/// can tell a rejected certificate from other TLS errors.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsFailure(pub rustls::Error);
+
+/// One connection's byte stream: the socket, and for `wss://` the TLS session on it. Reads and writes
+/// plaintext either way; non-blocking, `WouldBlock` as from a socket.
+#[derive(Debug)]
+pub struct Stream {
+    /// The socket (registered with the worker's poll; connect state and descriptor come from it).
+    pub sock: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+}
+
+impl Stream {
+    /// A plain stream, or a TLS one with `session`.
+    pub fn new(sock: TcpStream, session: Option<ClientConnection>) -> Stream {
+        Stream { sock, tls: session.map(Box::new) }
+    }
+
+    /// Whether this is a TLS stream.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether sealed bytes wait for the socket.
+    pub fn tls_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Reads plaintext into `buf`. With `stamped`, socket reads ask for the kernel's receive timestamp, and
+    /// the newest one seen comes back with the bytes (CLOCK_REALTIME ns). `Ok((0, _))` is the end of the
+    /// stream. A plaintext read shorter than `buf` says nothing about the socket for TLS: read until
+    /// `WouldBlock`.
+    pub fn read_stamped(&mut self, buf: &mut [u8], stamped: bool) -> io::Result<(usize, Option<u64>)> {
+        let Stream { sock, tls } = self;
+        let Some(tls) = tls else {
+            return if stamped {
+                sys::recv_timestamped(sock.as_raw_fd(), buf)
+            } else {
+                sock.read(buf).map(|n| (n, None))
+            };
+        };
+        let mut stamp = None;
+        // Handshake messages left over from an earlier turn go first.
+        flush_tls(tls, sock)?;
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok((n, stamp)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((0, stamp)),
+                Err(e) => return Err(e),
+            }
+            let mut source = Source { sock, stamped, stamp: &mut stamp };
+            match tls.read_tls(&mut source) {
+                Ok(0) => return Ok((0, stamp)),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Best effort: the alert rustls queued for the server.
+                let _ = tls.write_tls(sock);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)));
+            }
+            flush_tls(tls, sock)?;
+        }
+    }
+
+    /// Writes out sealed bytes waiting for the socket. `Ok(true)`: none left.
+    pub fn flush_tls(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            Some(tls) => flush_tls(tls, &mut self.sock),
+            None => Ok(true),
+        }
+    }
+}
+
+/// Writes sealed bytes until none are left (`Ok(true)`) or the socket is full (`Ok(false)`).
+fn flush_tls(tls: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_stamped(buf, false).map(|(n, _)| n)
+    }
+}
+
+impl Write for Stream {
+    /// Plain: one socket write. TLS: while sealed bytes still wait for the socket, no more plaintext is taken
+    /// (`WouldBlock`, so that backpressure works as on a plain socket); otherwise all of `buf` is sealed and
+    /// written out as far as the socket takes it.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Stream { sock, tls } = self;
+        let Some(tls) = tls else { return sock.write(buf) };
+        if !flush_tls(tls, sock)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = tls.writer().write(buf)?;
+        if n == 0 && !buf.is_empty() {
+            // rustls' buffer limit (plaintext held during the handshake): wait for the handshake to move on.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        flush_tls(tls, sock)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.flush_tls()? {
+            true => Ok(()),
+            false => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+/// The socket as rustls' ciphertext source, keeping the newest kernel receive timestamp.
+struct Source<'a> {
+    sock: &'a mut TcpStream,
+    stamped: bool,
+    stamp: &'a mut Option<u64>,
+}
+
+impl Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.stamped {
+            return self.sock.read(buf);
+        }
+        let (n, stamp) = sys::recv_timestamped(self.sock.as_raw_fd(), buf)?;
+        if stamp.is_some() {
+            *self.stamp = stamp;
+        }
+        Ok(n)
+    }
+}
+
+/// The failure class of `e` if it is a TLS failure from a [`Stream`]: a rejected server certificate (with
+/// why) or any other TLS error.
+pub fn classify(e: &io::Error) -> Option<Failure> {
+    use rustls::CertificateError as C;
+    let TlsFailure(error) = e.get_ref()?.downcast_ref::<TlsFailure>()?;
+    Some(match error {
+        rustls::Error::InvalidCertificate(why) => Failure::TlsCertificate(match why {
+            C::UnknownIssuer => "unknown issuer",
+            C::NotValidForName | C::NotValidForNameContext { .. } => "not valid for the host name",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet",
+            C::BadSignature => "bad signature",
+            _ => "rejected",
+        }),
+        _ => Failure::Tls,
+    })
+}
