@@ -147,3 +147,39 @@ fn a_flood_of_stalled_handshakes_is_cleared_in_time_while_a_wss_subscriber_strea
     let settled = wait_until(Duration::from_secs(15), || srv.server.rss_kib() <= warm + 4 * 1024);
     assert!(settled, "RSS {} KiB after the flood, {} KiB before", srv.server.rss_kib(), warm);
 }
+
+#[test]
+fn partial_records_held_by_stalled_clients_count_in_the_receive_budget() {
+    const CLIENTS: usize = 150;
+    let srv = TlsServer::start(&[
+        "--workers",
+        "1",
+        "--max-message-size",
+        "64KiB",
+        "--max-receive-memory",
+        "1MiB",
+        "--handshake-timeout",
+        "30s",
+    ]);
+    let mut sub = srv.wss("/sub/live");
+    assert_eq!(srv.server.wait_metric("herald_upgrades_total", 1, Duration::from_secs(5)), 1);
+    // Each announces a 16,000-byte handshake record and sends 15,000 bytes of it: rustls must hold them all
+    // until the rest comes, which it never does. 150 x 15 KB is over the 1 MiB budget.
+    let held: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = raw(srv.tls);
+            s.write_all(&[22, 3, 1, 0x3E, 0x80]).expect("record header");
+            s.write_all(&[1u8; 15_000]).expect("most of the record");
+            s
+        })
+        .collect();
+    let evicted = wait_until(Duration::from_secs(10), || {
+        srv.server.metric("herald_limit_hits_total{limit=\"max_receive_memory\"}") > 0
+    });
+    assert!(evicted, "the worker closes the biggest holders once over its budget");
+    assert!(srv.server.metric("herald_receive_buffer_bytes") <= 1024 * 1024, "held to the budget");
+    let mut p = connect(&srv.server.url("/pub/live"));
+    p.send(Message::text("still here")).expect("publish");
+    assert_eq!(next_data(&mut sub).into_text().expect("text").as_str(), "still here");
+    drop(held);
+}

@@ -142,9 +142,11 @@ impl Conn {
         }
     }
 
-    /// Receive memory it holds now: its read buffer and the message its core is reassembling.
+    /// Receive memory it holds now: its read buffer, the message its core is reassembling and, over TLS, the
+    /// unfinished record the session holds.
     pub fn receive_memory(&self) -> usize {
-        self.rbuf.capacity() + self.core().map_or(0, Connection::buffered)
+        let record = self.transport.tls().map_or(0, |t| t.partial_record());
+        self.rbuf.capacity() + self.core().map_or(0, Connection::buffered) + record
     }
 
     /// Whether everything is said and written: the socket can be shut down for writing.
