@@ -1062,6 +1062,27 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_come_from_file_env_and_flags_and_must_go_together() {
+        let c =
+            Config::from_toml("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nlisten = \":8443\"\n", &cli(&[]))
+                .expect("valid");
+        assert!(c.tls.enabled());
+        assert_eq!(c.tls.listen.0, Some(SocketAddr::from(([0, 0, 0, 0], 8443))));
+        let env = |v: &str| (v == "HERALD_TLS_LISTEN").then(|| "127.0.0.1:9443".to_string());
+        let c = Config::from_sources("", &env, &cli(&["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"]))
+            .expect("valid");
+        assert_eq!(c.tls.listen.0, Some(SocketAddr::from(([127, 0, 0, 1], 9443))), "from the environment");
+        assert!(!Config::default().tls.enabled(), "off by default");
+        let err = Config::from_toml("[tls]\ncert_file = \"c.pem\"\n", &cli(&[])).expect_err("no key");
+        assert!(err.to_string().contains("tls.cert_file"), "{err}");
+        let err = Config::from_toml("[tls]\nlisten = \":8443\"\n", &cli(&[])).expect_err("no certificate");
+        assert!(err.to_string().contains("tls.listen"), "{err}");
+        let same = "[server]\nlisten = \"127.0.0.1:8443\"\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nlisten = \"127.0.0.1:8443\"\n";
+        let err = Config::from_toml(same, &cli(&[])).expect_err("one address for both");
+        assert!(err.to_string().contains("must differ"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_refused_with_its_name() {
         let err = Config::from_toml("[limits]\nmax_mesage_size = 5\n", &cli(&[])).expect_err("typo must fail");
         assert!(err.to_string().contains("max_mesage_size"), "{err}");
