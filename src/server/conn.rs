@@ -145,7 +145,7 @@ impl Conn {
     /// Receive memory it holds now: its read buffer, the message its core is reassembling and, over TLS, the
     /// unfinished record the session holds.
     pub fn receive_memory(&self) -> usize {
-        let record = self.transport.tls().map_or(0, |t| t.partial_record());
+        let record = self.transport.tls().map_or(0, |t| t.session.input_held());
         self.rbuf.capacity() + self.core().map_or(0, Connection::buffered) + record
     }
 

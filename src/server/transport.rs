@@ -30,56 +30,6 @@ pub struct TlsConn {
     pub counted: bool,
     /// Whether our `close_notify` is queued.
     pub notified: bool,
-    /// Where the incoming record stream stands, to know how much of a record rustls holds unfinished.
-    records: RecordTracker,
-}
-
-/// Follows TLS record boundaries in the bytes fed (headers only; bodies are skipped), so that the partial
-/// record rustls is holding can be counted in the worker's receive budget, as a partial HTTP head is.
-#[derive(Debug, Default, Clone, Copy)]
-struct RecordTracker {
-    header: [u8; 5],
-    /// Header bytes seen of the next record (0 to 4; a whole header moves on to its body).
-    header_len: u8,
-    /// Length of the record whose body is being received.
-    body_len: u16,
-    /// Body bytes of it still to come.
-    body_left: u16,
-}
-
-impl RecordTracker {
-    fn track(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.body_left > 0 {
-                let take = bytes.len().min(usize::from(self.body_left));
-                // `take` is at most `body_left`, a u16.
-                self.body_left -= take as u16;
-                bytes = &bytes[take..];
-                continue;
-            }
-            let at = usize::from(self.header_len);
-            let take = bytes.len().min(5 - at);
-            self.header[at..at + take].copy_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if at + take == 5 {
-                self.header_len = 0;
-                self.body_len = u16::from_be_bytes([self.header[3], self.header[4]]);
-                self.body_left = self.body_len;
-            } else {
-                // Less than a header's 5 bytes.
-                self.header_len = (at + take) as u8;
-            }
-        }
-    }
-
-    /// Bytes of the record not yet complete (its header and the part of its body received).
-    fn partial(&self) -> usize {
-        if self.body_left > 0 {
-            5 + usize::from(self.body_len - self.body_left)
-        } else {
-            usize::from(self.header_len)
-        }
-    }
 }
 
 /// What the first bytes on a TLS port were, when they were not a TLS handshake.
@@ -92,7 +42,7 @@ pub enum NotTls {
 impl TlsConn {
     /// A session that has seen nothing yet.
     pub fn new(session: TlsSession) -> Self {
-        TlsConn { session, started: false, counted: false, notified: false, records: RecordTracker::default() }
+        TlsConn { session, started: false, counted: false, notified: false }
     }
 
     /// Whether `first` (the first bytes a client sent on a TLS port) is a plain-text HTTP request rather than a
@@ -106,13 +56,7 @@ impl TlsConn {
     /// Feeds ciphertext read from the socket; the plaintext is appended to `plaintext`.
     pub fn feed(&mut self, ciphertext: &[u8], plaintext: &mut BytesMut) -> Result<usize, TlsError> {
         self.started |= !ciphertext.is_empty();
-        self.records.track(ciphertext);
         self.session.feed(ciphertext, plaintext)
-    }
-
-    /// Ciphertext of an unfinished record that rustls is holding until the rest arrives.
-    pub fn partial_record(&self) -> usize {
-        self.records.partial()
     }
 }
 
@@ -151,28 +95,6 @@ mod tests {
     #[test]
     fn a_plain_transport_is_one_pointer_wide() {
         assert_eq!(std::mem::size_of::<Transport>(), std::mem::size_of::<usize>());
-    }
-
-    #[test]
-    fn the_partial_record_is_followed_across_any_split() {
-        let mut stream = vec![23, 3, 3, 0, 10];
-        stream.extend([0xAA; 10]);
-        stream.extend([23, 3, 3, 0x01, 0x00]);
-        stream.extend([0xBB; 100]);
-        for cut in 0..stream.len() {
-            let mut t = RecordTracker::default();
-            t.track(&stream[..cut]);
-            let expected = if cut < 15 { cut % 15 } else { cut - 15 };
-            assert_eq!(t.partial(), expected, "after {cut} bytes in one piece");
-            let mut u = RecordTracker::default();
-            for b in &stream[..cut] {
-                u.track(std::slice::from_ref(b));
-            }
-            assert_eq!(u.partial(), expected, "after {cut} bytes one at a time");
-        }
-        let mut done = RecordTracker::default();
-        done.track(&stream[..15]);
-        assert_eq!(done.partial(), 0, "a complete record is not held");
     }
 
     #[test]

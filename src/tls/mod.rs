@@ -7,7 +7,7 @@
 //! - [`certs`]: `cert_file` + `key_file` (PEM) -> a checked `rustls::ServerConfig` (TLS 1.3 and 1.2, ALPN
 //!   `http/1.1`, session tickets), with errors that name the file.
 //! - [`session`]: [`TlsSession`], one connection: ciphertext in, plaintext out, a turn's frames sealed into
-//!   few records, ciphertext out for one `writev` or a caller-owned buffer.
+//!   few records, ciphertext out for one `write` or a caller-owned buffer.
 //! - [`record`]: reading TLS record headers (which alert was sent; record counts for tests and metrics).
 //!
 //! # How the worker uses it
@@ -24,21 +24,20 @@
 //! reason, sends the alert and closes; `close_notify` from the peer is EOF. With `proxy_protocol`, the PROXY
 //! header is read in the clear first and what follows it is fed to the session.
 //!
-//! **Write path.** `write_tls`: pending records are written first (`write_tls_to`: one `writev` of up to 64
+//! **Write path.** `write_tls`: pending records are written first (`write_tls_to`: one `write` of all
 //! records); only when none are pending is the whole outbox sealed (`outbox.write_to(&mut sealer())`: one
 //! `write_vectored` of up to `IOV_MAX` frames, so a fan-out turn of many small frames becomes one or a few
 //! records). A peer that stops reading therefore leaves plaintext in the outbox, where `max_backpressure`,
 //! read pausing and the slow-consumer policy apply unchanged. WRITABLE interest follows the outbox and the
 //! pending records. Before the write side is shut down, `close_notify` is queued and flushed.
 //!
-//! **Buffers.** The buffered rustls API owns its ciphertext buffers: records are allocated when sealed and
-//! freed when written, so an idle TLS connection holds no output buffer. It does keep a 4 KiB deframer buffer
-//! for life once anything was read (rustls' `READ_SIZE`): measured at 7.5 KB per idle `ServerConnection`
-//! (1168 B the struct, ~0.8 KB its initial allocations, 4 KiB the deframer buffer, ~1.4 KB traffic keys and
-//! state), see tuning.md. Getting under 4 KiB per idle connection means rustls' `UnbufferedServerConnection`,
-//! where the caller owns the incoming buffer and can pool it like the read buffers; the same `TlsSession` API
-//! can sit on top of it. `drain_tls_into` is for the io_uring driver (a pooled buffer the ring owns until the
-//! write completes).
+//! **Buffers.** The session is built on rustls' unbuffered API, so every buffer is the session's: an
+//! unfinished incoming record (counted in the worker's receive budget), the records waiting for the socket
+//! (one buffer per turn, freed once written) and plaintext sealed before the handshake ended. None is kept
+//! while idle: an idle established session is rustls' state alone, 3.2 KB (1088 B the connection struct,
+//! the rest mostly traffic keys), where the buffered `ServerConnection` kept 7.5 KB (a 4 KiB read buffer for
+//! life); tuning.md has the figures. `drain_tls_into` is for the io_uring driver (a pooled buffer the ring
+//! owns until the write completes).
 //!
 //! **Timeouts.** The TLS handshake runs inside `Phase::Http { deadline }`: `handshake_timeout` covers TCP
 //! accept -> TLS handshake -> HTTP upgrade, so a stalled or slowloris TLS client is closed by the same `tick`

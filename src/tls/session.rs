@@ -1,4 +1,5 @@
-//! [`TlsSession`]: one server-side TLS connection as a sans-IO transport over `rustls::ServerConnection`.
+//! [`TlsSession`]: one server-side TLS connection as a sans-IO transport over rustls' unbuffered
+//! `UnbufferedServerConnection`, whose buffers are all the session's own and none is kept while idle.
 //!
 //! The session owns no socket and reads no clock. The driver (the mio worker today, an io_uring driver
 //! later) moves bytes between the socket and the session, and between the session and the HTTP/WebSocket
@@ -14,13 +15,14 @@
 //!    During the handshake `feed` yields no plaintext but queues handshake records to send.
 //! 2. **Plaintext in.** What the core queued for this connection during the turn (outbox frames, an HTTP
 //!    response, a close frame) is sealed in one call, [`TlsSession::seal`] (or [`TlsSession::seal_slices`]
-//!    for an outbox whose first frame is partly written). One call lets rustls pack all of it into as few
-//!    records as fit, 16 KiB of plaintext each, instead of one record per frame. Seal only when
+//!    for an outbox whose first frame is partly written). The frames are joined in a per-thread buffer and
+//!    encrypted in one call, into as few records as fit, 16 KiB of plaintext each, instead of one record
+//!    per frame. Seal only when
 //!    [`TlsSession::pending_tls`] is (nearly) zero: a peer that does not read then leaves plaintext in the
 //!    outbox, where the slow-consumer limits already apply, rather than ciphertext piling up here.
 //! 3. **Ciphertext out.** While [`TlsSession::wants_write`], hand the records to the socket:
-//!    [`TlsSession::write_tls_to`] with the socket as the `io::Write` makes one `writev` of up to 64
-//!    records straight from rustls' buffers (no copy); [`TlsSession::drain_tls_into`] instead appends
+//!    [`TlsSession::write_tls_to`] with the socket as the `io::Write` makes one `write` of every pending
+//!    record (they sit in one buffer, freed once written); [`TlsSession::drain_tls_into`] instead appends
 //!    everything to a buffer the caller owns (an io_uring driver submits that buffer and gets it back on
 //!    completion). Stop on `WouldBlock` and retry when the socket is writable.
 //! 4. **Closing.** [`TlsSession::peer_closed`] turns true once the peer's `close_notify` arrived (after which
@@ -33,21 +35,44 @@
 //! tells the alert that was queued for the peer. The alert is still sendable: flush (step 3) and then close
 //! the socket. Every later `feed` or `seal` returns [`TlsError::Failed`].
 
-use std::io::{self, BufRead, IoSlice, Write};
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rustls::{AlertDescription, HandshakeKind, ProtocolVersion, ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::{AlertDescription, HandshakeKind, ProtocolVersion, ServerConfig};
 
 use super::{record, TlsError};
 
+/// Largest plaintext in one record, and the most a record adds to it (header, content type, nonce, tag).
+const MAX_FRAGMENT: usize = 16 * 1024;
+const RECORD_OVERHEAD: usize = 64;
+
+thread_local! {
+    /// Where a turn's frames are joined before they are encrypted (rustls encrypts one slice at a time). One
+    /// per worker thread, reused, so no connection holds it.
+    static JOIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// One server-side TLS connection, bytes in and bytes out.
+///
+/// Built on rustls' unbuffered API, so every buffer is this struct's and none is kept while idle: an
+/// established connection with nothing in flight holds only rustls' state (about 3 KB, most of it the
+/// traffic keys), where the buffered `ServerConnection` keeps a 4 KiB read buffer for life.
 pub struct TlsSession {
-    conn: ServerConnection,
-    /// Ciphertext rustls queued before a fatal error (ending with the alert), moved here so the alert can be
-    /// read; written out before anything rustls still holds. Empty (no allocation) on every healthy path.
-    spill: Vec<u8>,
-    spill_sent: usize,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet processed (an unfinished record); no allocation when empty.
+    incoming: Vec<u8>,
+    /// Ciphertext to send, from `sent` on; no allocation once everything is sent.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// Plaintext sealed before the handshake completed; encrypted as soon as it does.
+    early: Vec<u8>,
+    /// `close` was asked for before application data could be sent.
+    close_pending: bool,
+    close_sent: bool,
     failed: bool,
     peer_closed: bool,
 }
@@ -63,108 +88,80 @@ impl std::fmt::Debug for TlsSession {
     }
 }
 
+/// What one step of the state machine asks for next.
+enum Step {
+    /// Call rustls again (more records, more output).
+    Again,
+    /// Nothing more until new input or new plaintext.
+    Idle,
+}
+
 impl TlsSession {
     /// A new server-side session awaiting the client hello.
-    ///
-    /// rustls' own cap on unsent ciphertext is lifted: the caller bounds it by sealing only when
-    /// [`pending_tls`](Self::pending_tls) is (nearly) zero, so a turn's output is never cut short.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
-        let mut conn = ServerConnection::new(config).map_err(TlsError::Setup)?;
-        conn.set_buffer_limit(None);
-        Ok(Self { conn, spill: Vec::new(), spill_sent: 0, failed: false, peer_closed: false })
+        let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?;
+        Ok(Self {
+            conn,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            sent: 0,
+            early: Vec::new(),
+            close_pending: false,
+            close_sent: false,
+            failed: false,
+            peer_closed: false,
+        })
     }
 
     /// Runs rustls over all of `ciphertext` (bytes read from the socket) and appends the decrypted
     /// application data to `plaintext`. Returns how many plaintext bytes were appended.
     ///
-    /// Records may be split anywhere across calls; a partial record waits inside rustls for the rest. Bytes
-    /// after the peer's `close_notify` are ignored. On a protocol error the alert for the peer is queued
-    /// (see [`TlsError::Protocol`]) and plaintext decrypted before the error stays in `plaintext`.
-    pub fn feed(&mut self, mut ciphertext: &[u8], plaintext: &mut BytesMut) -> Result<usize, TlsError> {
+    /// Records may be split anywhere across calls; a partial record waits here for the rest. Bytes after
+    /// the peer's `close_notify` are ignored. On a protocol error the alert for the peer is queued (see
+    /// [`TlsError::Protocol`]) and plaintext decrypted before the error stays in `plaintext`.
+    pub fn feed(&mut self, ciphertext: &[u8], plaintext: &mut BytesMut) -> Result<usize, TlsError> {
         if self.failed {
             return Err(TlsError::Failed);
         }
         let start = plaintext.len();
-        while !ciphertext.is_empty() && !self.peer_closed {
-            match self.conn.read_tls(&mut ciphertext) {
-                // `close_notify` already received: nothing more is read.
-                Ok(0) => break,
-                Ok(_) => {}
-                // Only "plaintext buffer full", which draining below after every step prevents.
-                Err(e) => return Err(TlsError::Backpressure(e.to_string())),
-            }
-            let state = match self.conn.process_new_packets() {
-                Ok(state) => state,
-                Err(error) => {
-                    self.take_plaintext(plaintext);
-                    return Err(self.fail(error));
-                }
-            };
-            if state.plaintext_bytes_to_read() > 0 {
-                self.take_plaintext(plaintext);
-            }
-            if state.peer_has_closed() {
-                self.peer_closed = true;
-            }
+        if !self.peer_closed {
+            self.incoming.extend_from_slice(ciphertext);
         }
+        let result = self.drive(plaintext, None);
+        if self.incoming.is_empty() {
+            // No partial record: give the buffer back.
+            self.incoming = Vec::new();
+        }
+        result?;
         Ok(plaintext.len() - start)
     }
 
-    /// Appends every decrypted byte rustls holds to `plaintext`; returns how many. [`feed`](Self::feed)
-    /// already does this; it is here for a caller that feeds through another path.
-    pub fn take_plaintext(&mut self, plaintext: &mut BytesMut) -> usize {
-        let start = plaintext.len();
-        let mut reader = self.conn.reader();
-        // One copy per received record, straight from rustls' buffer into the caller's; nothing is zeroed.
-        // `WouldBlock` (nothing more for now) and `Ok(empty)` (after close_notify) both end the loop; an
-        // unexpected-EOF error is `feed`'s business, not this one's.
-        while let Ok(chunk) = reader.fill_buf() {
-            if chunk.is_empty() {
-                break;
-            }
-            let n = chunk.len();
-            plaintext.extend_from_slice(chunk);
-            reader.consume(n);
-        }
-        plaintext.len() - start
-    }
-
-    /// Encrypts a whole turn's queued frames in one go, so rustls coalesces them into as few records as fit
-    /// (16 KiB of plaintext each). Before the handshake completes the plaintext is buffered and sent once it
-    /// does. Returns the number of plaintext bytes taken (always all of them).
+    /// Encrypts a whole turn's queued frames in one go, so they share records (16 KiB of plaintext each).
+    /// Before the handshake completes the plaintext is kept and sent once it does. Returns the number of
+    /// plaintext bytes taken (always all of them).
     pub fn seal(&mut self, frames: &[Bytes]) -> Result<usize, TlsError> {
-        let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
-        self.seal_all(&mut slices)
+        let slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+        self.seal_slices(&slices)
     }
 
     /// [`seal`](Self::seal) for borrowed slices: an outbox whose first frame is partly consumed, or frames
     /// that are not `Bytes`.
     pub fn seal_slices(&mut self, slices: &[IoSlice<'_>]) -> Result<usize, TlsError> {
-        let mut slices = slices.to_vec();
-        self.seal_all(&mut slices)
-    }
-
-    /// Hands all of `slices` to rustls in one `write_vectored`: rustls fragments the concatenation, so
-    /// frames share records. (`slices` is scratch: it is advanced as rustls takes bytes.)
-    fn seal_all(&mut self, slices: &mut [IoSlice<'_>]) -> Result<usize, TlsError> {
         if self.failed {
             return Err(TlsError::Failed);
         }
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        let mut rest = slices;
-        let mut writer = self.conn.writer();
-        let mut taken = 0;
-        while taken < total {
-            // With no buffer limit one call takes everything; the loop only guards against a short write.
-            match writer.write_vectored(rest) {
-                Ok(0) => return Err(TlsError::Backpressure("rustls took no plaintext".into())),
-                Ok(n) => {
-                    taken += n;
-                    IoSlice::advance_slices(&mut rest, n);
-                }
-                Err(e) => return Err(TlsError::Backpressure(e.to_string())),
-            }
+        if total == 0 {
+            return Ok(0);
         }
+        JOIN.with(|join| {
+            let mut join = join.borrow_mut();
+            join.clear();
+            for s in slices {
+                join.extend_from_slice(s);
+            }
+            self.drive(&mut BytesMut::new(), Some(&join))
+        })?;
         Ok(total)
     }
 
@@ -175,55 +172,51 @@ impl TlsSession {
         Sealer(self)
     }
 
-    /// Queues our `close_notify`. Flush it with [`write_tls_to`](Self::write_tls_to) before closing the socket.
+    /// Queues our `close_notify` (once the handshake is done, if it is not yet). Flush it with
+    /// [`write_tls_to`](Self::write_tls_to) before closing the socket.
     pub fn close(&mut self) {
-        if !self.failed {
-            self.conn.send_close_notify();
+        if self.failed || self.close_sent {
+            return;
         }
+        self.close_pending = true;
+        let _ = self.drive(&mut BytesMut::new(), None);
     }
 
     /// Whether ciphertext (handshake records, sealed data, an alert, `close_notify`) waits to be sent.
     pub fn wants_write(&self) -> bool {
-        self.spill_sent < self.spill.len() || self.conn.wants_write()
+        self.sent < self.outgoing.len()
     }
 
     /// How many bytes of ciphertext wait to be sent.
     pub fn pending_tls(&mut self) -> usize {
-        let spilled = self.spill.len() - self.spill_sent;
-        if self.failed {
-            return spilled;
-        }
-        // With no new input, `process_new_packets` only reports the state.
-        spilled + self.conn.process_new_packets().map_or(0, |state| state.tls_bytes_to_write())
+        self.outgoing.len() - self.sent
     }
 
-    /// Writes pending ciphertext to `out` with one `write_vectored` (up to 64 records: one `writev` when `out`
-    /// is a socket). Returns the bytes written; call again while [`wants_write`](Self::wants_write) and `out`
-    /// accepts more. Errors are `out`'s own (`WouldBlock` included).
+    /// Writes pending ciphertext to `out` with one `write` (one system call when `out` is a socket). Returns
+    /// the bytes written; call again while [`wants_write`](Self::wants_write) and `out` accepts more. Errors
+    /// are `out`'s own (`WouldBlock` included).
     pub fn write_tls_to(&mut self, out: &mut dyn Write) -> io::Result<usize> {
-        if self.spill_sent < self.spill.len() {
-            let n = out.write(&self.spill[self.spill_sent..])?;
-            self.spill_sent += n;
-            if self.spill_sent == self.spill.len() {
-                self.spill = Vec::new();
-                self.spill_sent = 0;
-            }
-            return Ok(n);
+        if !self.wants_write() {
+            return Ok(0);
         }
-        self.conn.write_tls(out)
+        let n = out.write(&self.outgoing[self.sent..])?;
+        self.sent += n;
+        if self.sent == self.outgoing.len() {
+            // All out: an idle connection keeps no output buffer.
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
+        Ok(n)
     }
 
     /// Appends all pending ciphertext to `out`, a buffer the caller owns (pooled, or handed to io_uring until
     /// the write completes). Returns the bytes appended.
     pub fn drain_tls_into(&mut self, out: &mut Vec<u8>) -> usize {
-        let start = out.len();
-        while self.wants_write() {
-            // Writing into a Vec cannot fail.
-            if matches!(self.write_tls_to(out), Ok(0) | Err(_)) {
-                break;
-            }
-        }
-        out.len() - start
+        let n = self.pending_tls();
+        out.extend_from_slice(&self.outgoing[self.sent..]);
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        n
     }
 
     /// Whether the handshake is still under way (true from creation until the handshake completes).
@@ -256,29 +249,171 @@ impl TlsSession {
         self.conn.alpn_protocol()
     }
 
-    /// The SNI host name the client sent, if any.
-    pub fn server_name(&self) -> Option<&str> {
-        self.conn.server_name()
+    /// Memory held for input: an unfinished record (what a slow or stalled client makes the server keep).
+    pub fn input_held(&self) -> usize {
+        self.incoming.capacity()
     }
 
-    /// Marks the session failed, moves the queued ciphertext (ending with the alert) to `spill` so the alert
-    /// can be identified, and builds the error.
+    /// Runs rustls' state machine over `incoming` until it needs more input: decrypted data goes to
+    /// `plaintext`, records to send go to `outgoing`, and once application data may be sent, what waits
+    /// (`early`, then `app`, then a pending `close_notify`) is encrypted.
+    fn drive(&mut self, plaintext: &mut BytesMut, app: Option<&[u8]>) -> Result<(), TlsError> {
+        let mut app = app;
+        // Processed input is dropped once at the end (draining after each record would move the rest of a
+        // large read again for every small record in it).
+        let mut consumed = 0;
+        let result = loop {
+            let status = self.conn.process_tls_records(&mut self.incoming[consumed..]);
+            let discard = status.discard;
+            let step = match status.state {
+                Err(error) => Err(error),
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    let mut result = Ok(Step::Again);
+                    while let Some(record) = records.next_record() {
+                        match record {
+                            Ok(record) => plaintext.extend_from_slice(record.payload),
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    result
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode(&mut self.outgoing, |buf| data.encode(buf)).map(|()| Step::Again)
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    // The records are in `outgoing`, which the caller sends in order.
+                    transmit.done();
+                    Ok(Step::Again)
+                }
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    let mut result: Result<(), rustls::Error> = Ok(());
+                    if !self.early.is_empty() {
+                        let early = std::mem::take(&mut self.early);
+                        result = encrypt(&mut self.outgoing, &early, |p, b| traffic.encrypt(p, b));
+                    }
+                    if let (Some(data), Ok(_)) = (app.take(), &result) {
+                        result = encrypt(&mut self.outgoing, data, |p, b| traffic.encrypt(p, b));
+                    }
+                    if self.close_pending && !self.close_sent && result.is_ok() {
+                        self.close_sent = true;
+                        result = encrypt(&mut self.outgoing, &[], |_, b| traffic.queue_close_notify(b));
+                    }
+                    result.map(|()| Step::Idle)
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Ok(Step::Again)
+                }
+                Ok(ConnectionState::Closed) => {
+                    self.peer_closed = true;
+                    Ok(Step::Idle)
+                }
+                Ok(ConnectionState::BlockedHandshake) => Ok(Step::Idle),
+                // Early data is not enabled (ServerConfig::max_early_data_size is 0), and later states are
+                // not ours to act on.
+                Ok(_) => Ok(Step::Idle),
+            };
+            consumed += discard;
+            match step {
+                Ok(Step::Again) => {}
+                Ok(Step::Idle) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        self.incoming.drain(..consumed);
+        if let Err(error) = result {
+            return Err(self.fail(error));
+        }
+        if let Some(data) = app {
+            // Still handshaking: kept until application data may be sent.
+            self.early.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    /// Marks the session failed, queues the alert rustls prepared behind any unsent output, and builds the
+    /// error (which tells which alert, as far as the record shows it).
     fn fail(&mut self, error: rustls::Error) -> TlsError {
+        if self.failed {
+            return TlsError::Failed;
+        }
         self.failed = true;
-        let mut out = std::mem::take(&mut self.spill);
-        while self.conn.wants_write() {
-            if matches!(self.conn.write_tls(&mut out), Ok(0) | Err(_)) {
-                break;
+        let before = self.outgoing.len();
+        // After a fatal error rustls hands out only what it queued (the alert), then the error again.
+        for _ in 0..8 {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    if encode(&mut self.outgoing, |buf| data.encode(buf)).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => break,
             }
         }
+        self.incoming = Vec::new();
         let alert = match error {
             // rustls answers a peer's fatal alert with nothing.
             rustls::Error::AlertReceived(_) => AlertSent::None,
-            _ => record::last_alert(&out),
+            _ => record::last_alert(&self.outgoing[before..]),
         };
-        self.spill = out;
-        self.spill_sent = 0;
         TlsError::Protocol { error, alert }
+    }
+}
+
+/// Appends one handshake record (or alert) from rustls to `out`, growing it to the size rustls asks for.
+fn encode(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = 2048;
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > room => {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(format!("encoding a TLS record: {e}")));
+            }
+        }
+    }
+}
+
+/// Appends the records of `data` (or a `close_notify`) to `out`: room is made for every record's overhead,
+/// then rustls encrypts straight into it.
+fn encrypt(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = data.len() + (data.len() / MAX_FRAGMENT + 1) * RECORD_OVERHEAD;
+    loop {
+        out.resize(start + room, 0);
+        match encrypt(data, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > room => {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(format!("encrypting TLS records: {e}")));
+            }
+        }
     }
 }
 
