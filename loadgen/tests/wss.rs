@@ -299,4 +299,8 @@ fn wss_without_a_trust_choice_is_a_usage_error_and_tls_options_need_wss() {
     assert!(r.stderr.contains("need a wss:// URL"), "{}", r.stderr);
     let r = run(&["conns", "--url", "wss://127.0.0.1:9", "--ca", "/nonexistent/ca.pem", "--conns", "1"]);
     assert!(r.stderr.contains("--ca /nonexistent/ca.pem: No such file"), "{}", r.stderr);
+    // soak's side traffic (churn, slow consumers, bad handshakes) is plain: refused over wss:// unless off.
+    let r = run(&["soak", "--url", "wss://127.0.0.1:9", "--insecure", "--duration", "1s"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("add --churn-rate 0 --slow 0 --bad-rate 0"), "{}", r.stderr);
 }
