@@ -251,6 +251,33 @@ fn conns_makes_full_handshakes_unless_resumption_is_asked_for() {
 }
 
 #[test]
+fn a_burst_with_tls_resume_waits_for_tickets_and_resumes_all_but_the_first() {
+    let pki = pki("burst");
+    let server = Server::start(&pki);
+    let ca = pki.ca_file.to_str().expect("utf-8 path");
+    // No connect-rate limit: without waiting for tickets, most of the burst would be dialed before the first
+    // handshake brought any, and make full handshakes.
+    let r = run(&[
+        "conns",
+        "--url",
+        &server.url(),
+        "--ca",
+        ca,
+        "--conns",
+        "200",
+        "--hold",
+        "100ms",
+        "--connect-rate",
+        "0",
+        "--tls-resume",
+    ]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert_eq!(num(&r.json, "/opened"), 200, "{}", r.stdout);
+    assert_eq!(num(&r.json, "/engine/tls/full_handshakes"), 1, "{}", r.stdout);
+    assert_eq!(num(&r.json, "/engine/tls/resumed_handshakes"), 199);
+}
+
+#[test]
 fn a_certificate_from_another_ca_fails_with_a_clear_error() {
     let pki_served = pki("served");
     let other = pki("other");
