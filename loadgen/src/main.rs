@@ -576,6 +576,12 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
     if cfg.auth.is_some() {
         bail!("loadgen soak does not authenticate (its side traffic could not)");
     }
+    if cfg.tls.is_some() && (args.churn_rate > 0.0 || args.slow > 0 || args.bad_rate > 0.0) {
+        bail!(
+            "loadgen soak over wss://: the fan-out speaks TLS, but the side traffic (churn, slow consumers, bad \
+             handshakes) is plain ws:// only; add --churn-rate 0 --slow 0 --bad-rate 0"
+        );
+    }
     let prefix = args.topic_prefix.unwrap_or_else(|| format!("soak{}-", std::process::id()));
     let fanout = FanoutPlan {
         subs: args.subs,

@@ -6,7 +6,8 @@
 //!
 //! What it proves: every scenario delivers exactly over TLS, the report says TLS was used with which version
 //! and how many handshakes were full or resumed, `--tls-resume` resumes and its absence does not, `--ca` and
-//! `--insecure` both connect, and a certificate from another CA or for another name fails with a clear error.
+//! `--insecure` both connect (`--insecure` still refusing a server without the certificate's key), and a
+//! certificate from another CA or for another name fails with a clear error.
 
 mod support;
 
@@ -73,6 +74,7 @@ struct Server {
 }
 
 impl Server {
+    /// Serves `pki`'s leaf with herald's server configuration.
     fn start(pki: &Pki) -> Server {
         let provider = certs::provider();
         let certified = certs::certified_key(
@@ -85,6 +87,10 @@ impl Server {
         .expect("certified key");
         let config = certs::server_config_with(Arc::new(certified), certs::ticketer().expect("ticketer"), provider)
             .expect("server config");
+        Server::start_with(config)
+    }
+
+    fn start_with(config: Arc<ServerConfig>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
@@ -251,6 +257,56 @@ fn conns_makes_full_handshakes_unless_resumption_is_asked_for() {
 }
 
 #[test]
+fn a_burst_with_tls_resume_waits_for_tickets_and_resumes_all_but_the_first() {
+    let pki = pki("burst");
+    let server = Server::start(&pki);
+    let ca = pki.ca_file.to_str().expect("utf-8 path");
+    // No connect-rate limit: without waiting for tickets, most of the burst would be dialed before the first
+    // handshake brought any, and make full handshakes.
+    let r = run(&[
+        "conns",
+        "--url",
+        &server.url(),
+        "--ca",
+        ca,
+        "--conns",
+        "200",
+        "--hold",
+        "100ms",
+        "--connect-rate",
+        "0",
+        "--tls-resume",
+    ]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert_eq!(num(&r.json, "/opened"), 200, "{}", r.stdout);
+    assert_eq!(num(&r.json, "/engine/tls/full_handshakes"), 1, "{}", r.stdout);
+    assert_eq!(num(&r.json, "/engine/tls/resumed_handshakes"), 199);
+}
+
+#[test]
+fn insecure_still_checks_that_the_server_holds_the_certificate_s_key() {
+    // A server that presents `pki`'s certificate but signs with another key (herald's own loader refuses
+    // such a pair; rustls' CertifiedKey::new does not check).
+    let pki = pki("impostor");
+    let provider = certs::provider();
+    let other_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let signing = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(other_key.serialize_der())))
+        .expect("signing key");
+    let impostor = rustls::sign::CertifiedKey::new(vec![pki.leaf.clone()], signing);
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(impostor)));
+    let server = Server::start_with(Arc::new(config));
+    let r = run(&["conns", "--url", &server.url(), "--insecure", "--conns", "2", "--hold", "100ms"]);
+    assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("server certificate rejected (bad signature"), "{}", r.stderr);
+}
+
+#[test]
 fn a_certificate_from_another_ca_fails_with_a_clear_error() {
     let pki_served = pki("served");
     let other = pki("other");
@@ -299,4 +355,8 @@ fn wss_without_a_trust_choice_is_a_usage_error_and_tls_options_need_wss() {
     assert!(r.stderr.contains("need a wss:// URL"), "{}", r.stderr);
     let r = run(&["conns", "--url", "wss://127.0.0.1:9", "--ca", "/nonexistent/ca.pem", "--conns", "1"]);
     assert!(r.stderr.contains("--ca /nonexistent/ca.pem: No such file"), "{}", r.stderr);
+    // soak's side traffic (churn, slow consumers, bad handshakes) is plain: refused over wss:// unless off.
+    let r = run(&["soak", "--url", "wss://127.0.0.1:9", "--insecure", "--duration", "1s"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("add --churn-rate 0 --slow 0 --bad-rate 0"), "{}", r.stderr);
 }
