@@ -75,7 +75,10 @@ fn server_config() -> (Arc<ServerConfig>, CertificateDer<'static>) {
 fn client_config(ca: &CertificateDer<'static>, resume: bool) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).expect("CA");
-    let mut config = ClientConfig::builder_with_provider(certs::provider())
+    // The client offers suites in browsers' order (AES-128-GCM first), as loadgen does.
+    let mut provider = (*certs::provider()).clone();
+    provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .with_root_certificates(roots)
