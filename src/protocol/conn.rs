@@ -421,7 +421,7 @@ fn inflate(
 ) -> Result<Option<Incoming>, ProtocolError> {
     let inflater = inflater.ok_or(ProtocolError::InvalidCompressed)?;
     let data = inflater.inflate(payload, max).map_err(|e| match e {
-        InflateError::TooLarge { max } => ProtocolError::MessageTooLarge { size: max.saturating_add(1), max },
+        InflateError::TooLarge { max } => ProtocolError::InflatedTooLarge { max },
         InflateError::Invalid => ProtocolError::InvalidCompressed,
     })?;
     if text {

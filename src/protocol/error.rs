@@ -46,6 +46,12 @@ pub enum ProtocolError {
     /// earlier message after the client was asked for `client_no_context_takeover` (RFC 7692 section 7.2.2).
     #[error("invalid compressed data")]
     InvalidCompressed,
+    /// A compressed message that inflates past `max_message_size` (a deflate bomb, or just a large message).
+    #[error("inflated message exceeds the limit of {max} bytes")]
+    InflatedTooLarge {
+        /// The configured limit.
+        max: u64,
+    },
     /// A close code that may not be sent on the wire (7.4.1, 7.4.2).
     #[error("invalid close code {0}")]
     InvalidCloseCode(u16),
@@ -73,7 +79,9 @@ impl ProtocolError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressed => CloseCode::INVALID_PAYLOAD,
-            ProtocolError::FrameTooLarge { .. } | ProtocolError::MessageTooLarge { .. } => CloseCode::TOO_BIG,
+            ProtocolError::FrameTooLarge { .. }
+            | ProtocolError::MessageTooLarge { .. }
+            | ProtocolError::InflatedTooLarge { .. } => CloseCode::TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
