@@ -20,6 +20,7 @@ const WINDOWS: usize = (MAX_WINDOW_BITS - MIN_WINDOW_BITS + 1) as usize;
 pub struct WorkerDeflate {
     compressors: [Option<Box<Compressor>>; WINDOWS],
     inflater: Option<Box<Inflater>>,
+    enabled: bool,
     level: u32,
     min_size: usize,
 }
@@ -30,9 +31,15 @@ impl WorkerDeflate {
         WorkerDeflate {
             compressors: Default::default(),
             inflater: None,
+            enabled: cfg.enabled,
             level: cfg.level,
             min_size: usize::try_from(cfg.min_size.0).unwrap_or(usize::MAX),
         }
+    }
+
+    /// Whether `[compression]` is on (else no connection negotiates it).
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// The inflater, made on first use.

@@ -167,7 +167,12 @@ impl<'a> Sink<'a> {
 
 impl Deliver for Sink<'_> {
     fn deliver_batch(&mut self, key: ConnKey, batch: &mut Batch<'_>, messages: u32) {
-        let bits = self.conns.get(key).and_then(Conn::core).and_then(|c| c.deflate_window());
+        // With compression off no connection negotiated it: no second look-up on the fan-out path.
+        let bits = if self.deflate.enabled() {
+            self.conns.get(key).and_then(Conn::core).and_then(|c| c.deflate_window())
+        } else {
+            None
+        };
         match bits {
             Some(bits) => {
                 let frames = self.deflate.batch_for(batch, bits, self.metrics);
