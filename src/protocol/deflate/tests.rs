@@ -217,3 +217,40 @@ fn small_or_incompressible_messages_go_plain_in_a_batch() {
     // The noise goes plain, byte for byte.
     assert!(out.ends_with(&batch[batch.len() - noise.len() - 4..]));
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn no_header_value_panics_and_an_answer_always_holds_both_no_context_takeover(
+            value in "[ -~]{0,120}",
+            bits in 9u8..=15,
+        ) {
+            if let Some((agreement, answer)) = negotiate([value.as_str()], bits) {
+                prop_assert!((MIN_WINDOW_BITS..=bits).contains(&agreement.server_window_bits));
+                prop_assert!(answer.starts_with(
+                    "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                ));
+            }
+        }
+
+        #[test]
+        fn no_compressed_input_panics_and_output_stays_within_the_limit(
+            data in proptest::collection::vec(any::<u8>(), 0..2000),
+            max in 0u64..100_000,
+        ) {
+            if let Ok(out) = Inflater::new().inflate(&data, max) {
+                prop_assert!(out.len() as u64 <= max);
+            }
+        }
+
+        #[test]
+        fn any_message_round_trips(data in proptest::collection::vec(any::<u8>(), 0..5000), bits in 9u8..=15) {
+            let mut out = Vec::new();
+            Compressor::new(6, bits).compress(&data, &mut out);
+            prop_assert_eq!(Inflater::new().inflate(&out, data.len() as u64).expect("inflates"), data);
+        }
+    }
+}
