@@ -533,7 +533,7 @@ fn toml_string(s: &str) -> String {
 macro_rules! toml_bare {
     ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { self.to_string() } } )*};
 }
-toml_bare!(usize, u64, bool);
+toml_bare!(usize, u64, u32, u8, bool);
 
 macro_rules! toml_quoted {
     ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { toml_string(&self.to_string()) } } )*};
@@ -776,6 +776,21 @@ impl Tls {
     }
 }
 
+section! {
+    /// permessage-deflate (RFC 7692) (`[compression]`). Each broadcast is compressed once per worker, whatever
+    /// the number of subscribers, so it costs no memory per connection (README "Compression").
+    Compression, CompressionFile, CompressionArgs, "Compression" {
+        /// Offer permessage-deflate to clients that ask for it, on every WebSocket endpoint (default false).
+        enabled: bool = false, flag = "compression";
+        /// Messages smaller than this go uncompressed (default 256B: below it JSON saves a few bytes at most).
+        min_size: Size = Size(256), flag = "compression-min-size";
+        /// zlib compression level, 1 (fastest) to 9 (smallest) (default 6).
+        level: u32 = 6, flag = "compression-level";
+        /// Largest window of the compressor, 9 to 15 bits (default 15: 32KiB); a client may ask for less.
+        window_bits: u8 = 15, flag = "compression-window-bits";
+    }
+}
+
 /// The top of `herald.example.toml`.
 const EXAMPLE_HEADER: &str = "\
 # herald configuration: every key with its default, generated from the declarations in src/config.rs
@@ -800,6 +815,8 @@ pub struct Config {
     pub auth: Auth,
     /// `[tls]`
     pub tls: Tls,
+    /// `[compression]`
+    pub compression: Compression,
 }
 
 /// The TOML file layout.
@@ -811,13 +828,15 @@ struct ConfigFile {
     timeouts: Option<TimeoutsFile>,
     auth: Option<AuthFile>,
     tls: Option<TlsFile>,
+    compression: Option<CompressionFile>,
 }
 
 /// Every command-line flag.
 #[derive(Debug, Default, Clone, clap::Parser)]
 #[command(name = "herald", version, about = "herald: a thread-per-core WebSocket push and broadcast server")]
 pub struct Cli {
-    /// Read settings from this TOML file (sections [server], [limits], [timeouts], [auth], [tls]); flags override it.
+    /// Read settings from this TOML file (sections [server], [limits], [timeouts], [auth], [tls],
+    /// [compression]); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Do not pin worker threads to cores.
@@ -845,6 +864,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub compression: CompressionArgs,
 }
 
 impl Config {
@@ -886,6 +908,8 @@ impl Config {
         self.auth.render(&mut out, docs);
         out.push_str(gap);
         self.tls.render(&mut out, docs);
+        out.push_str(gap);
+        self.compression.render(&mut out, docs);
         while out.ends_with("\n\n") {
             out.pop();
         }
@@ -900,6 +924,7 @@ impl Config {
         config.timeouts.merge(file.timeouts, env, &cli.timeouts)?;
         config.auth.merge(file.auth, env, &cli.auth)?;
         config.tls.merge(file.tls, env, &cli.tls)?;
+        config.compression.merge(file.compression, env, &cli.compression)?;
         if cli.no_pin {
             config.server.pin = false;
         }
@@ -990,6 +1015,13 @@ impl Config {
         if t.listen.0.is_some_and(|a| a == self.server.listen.0 && a.port() != 0) {
             return Err(invalid("tls.listen", "must differ from server.listen (leave it empty to make that one TLS)"));
         }
+        let c = &self.compression;
+        if !(1..=9).contains(&c.level) {
+            return Err(invalid("compression.level", "must be between 1 and 9"));
+        }
+        if !(9..=15).contains(&c.window_bits) {
+            return Err(invalid("compression.window_bits", "must be between 9 and 15"));
+        }
         Ok(())
     }
 }
@@ -1045,6 +1077,30 @@ mod tests {
         assert!(c.server.pin);
         assert!(c.server.workers >= 1);
         assert!(c.limits.max_connections >= 1);
+    }
+
+    #[test]
+    fn compression_is_off_by_default_and_set_from_file_and_flags() {
+        let c = Config::from_toml("", &cli(&[])).expect("defaults are valid");
+        assert_eq!(c.compression, Compression { enabled: false, min_size: Size(256), level: 6, window_bits: 15 });
+        let toml = "[compression]\nenabled = true\nmin_size = \"1KiB\"\nwindow_bits = 12\n";
+        let c = Config::from_toml(toml, &cli(&["--compression-level", "1"])).expect("valid");
+        assert_eq!(c.compression, Compression { enabled: true, min_size: Size::kib(1), level: 1, window_bits: 12 });
+    }
+
+    #[test]
+    fn compression_level_and_window_bits_out_of_range_are_refused() {
+        for (toml, key) in [
+            ("[compression]\nlevel = 0\n", "compression.level"),
+            ("[compression]\nlevel = 10\n", "compression.level"),
+            ("[compression]\nwindow_bits = 8\n", "compression.window_bits"),
+            ("[compression]\nwindow_bits = 16\n", "compression.window_bits"),
+        ] {
+            match Config::from_toml(toml, &cli(&[])) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
     }
 
     #[test]

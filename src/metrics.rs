@@ -59,6 +59,12 @@ series! {
     Writes => "herald_socket_writes_total", Counter, "", "Vectored write calls made.";
     Publishes => "herald_publishes_total", Counter, "", "Messages published (raw /pub, /ws, HTTP), counted on the worker that took them.";
     Deliveries => "herald_deliveries_total", Counter, "", "Fan-out deliveries: messages queued to subscribers.";
+    DeflateBatches => "herald_compression_batches_total", Counter, "", "Batches compressed for subscribers with permessage-deflate: one per topic batch per worker, whatever the number of subscribers.";
+    DeflateCompressed => "herald_compression_messages_total", Counter, "form=\"compressed\"", "Messages prepared for clients with permessage-deflate (broadcast batches, echoes), by the form they went out in.";
+    DeflatePlain => "herald_compression_messages_total", Counter, "form=\"plain\"", "";
+    DeflateBytesBefore => "herald_compression_bytes_total", Counter, "stage=\"before\"", "Payload bytes of the messages sent compressed, before and after compression.";
+    DeflateBytesAfter => "herald_compression_bytes_total", Counter, "stage=\"after\"", "";
+    InflateErrors => "herald_inflate_errors_total", Counter, "", "Connections closed for a compressed message that did not inflate (1007) or inflated past max_message_size (1009).";
     BackpressureDrops => "herald_backpressure_drops_total", Counter, "", "Messages dropped for a slow subscriber (policy drop).";
     BackpressureCloses => "herald_backpressure_closes_total", Counter, "", "Slow subscribers closed with 1008 (policy close).";
     InboxFull => "herald_inbox_full_total", Counter, "", "Times a cross-worker inbox was full and publishers were paused.";

@@ -235,6 +235,7 @@ fn check_incoming(incoming: &Incoming, limits: DecodeLimits) {
             assert!(f.reason.len() <= 123);
         }
         Incoming::Close(None) => {}
+        Incoming::Deflated { .. } => panic!("a compressed message from a decoder without permessage-deflate"),
     }
 }
 

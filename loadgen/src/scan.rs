@@ -235,6 +235,10 @@ mod tests {
             out.push(match msg {
                 Incoming::Text(b) => Seen::Message { text: true, len: b.len() as u64, prefix: first(&b) },
                 Incoming::Binary(b) => Seen::Message { text: false, len: b.len() as u64, prefix: first(&b) },
+                // Never here: this decoder is not told that permessage-deflate was negotiated.
+                Incoming::Deflated { text, payload } => {
+                    Seen::Message { text, len: payload.len() as u64, prefix: first(&payload) }
+                }
                 Incoming::Ping(b) => Seen::Ping(b.to_vec()),
                 Incoming::Pong(b) => Seen::Pong(b.to_vec()),
                 Incoming::Close(c) => {

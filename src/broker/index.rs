@@ -4,7 +4,9 @@
 //! envelope frames for `/ws` subscribers, each built only if some worker has such subscribers). At the end
 //! of the loop turn, or when a buffer reaches `coalesce_limit`, [`TopicIndex::flush`] freezes each buffer into
 //! one immutable `Bytes` and hands a reference of it to every local subscriber and to every other worker with
-//! subscribers of that topic. Per subscriber that is a refcount bump: no copy, no allocation.
+//! subscribers of that topic. Per subscriber that is a refcount bump: no copy, no allocation. Subscribers that
+//! negotiated permessage-deflate get a compressed form of the same frames, made by the deliverer once per batch
+//! on this worker ([`Batch`]); other workers get the plain frames and compress them once for theirs.
 //!
 //! The index holds two kinds of topics: those with local subscribers (counted, and capped by
 //! `max_topics_per_worker`) and those only other workers' clients use (known from their interest
@@ -45,6 +47,30 @@ pub enum SubKind {
 pub trait Deliver {
     /// Queue `frames` (holding `messages` messages) to connection `key`.
     fn deliver(&mut self, key: ConnKey, frames: &Bytes, messages: u32);
+
+    /// Queue one form of `batch` to `key`: the plain frames by default. A deliverer that knows which
+    /// connections negotiated permessage-deflate gives those the compressed form instead, made on first need
+    /// and kept in `batch` for the other subscribers of the same batch (compressed once per batch per worker).
+    fn deliver_batch(&mut self, key: ConnKey, batch: &mut Batch<'_>, messages: u32) {
+        self.deliver(key, batch.plain, messages);
+    }
+}
+
+/// One topic's frozen frames on their way to the local subscribers, and the compressed forms made of them so
+/// far, one per compressor window (almost always one; none until a subscriber that negotiated compression).
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// The frames as framed, uncompressed.
+    pub plain: &'a Bytes,
+    /// `(window bits, compressed frames)` made so far.
+    pub deflated: Vec<(u8, Bytes)>,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch of `plain` frames with no compressed form yet.
+    pub fn new(plain: &'a Bytes) -> Self {
+        Batch { plain, deflated: Vec::new() }
+    }
 }
 
 /// Refusals from the index.
@@ -411,13 +437,15 @@ impl TopicIndex {
         let raw = (!topic.pend_raw.is_empty()).then(|| std::mem::take(&mut topic.pend_raw).freeze());
         let json = (!topic.pend_json.is_empty()).then(|| std::mem::take(&mut topic.pend_json).freeze());
         if let Some(raw) = &raw {
+            let mut batch = Batch::new(raw);
             for m in &topic.raw {
-                out.deliver(m.key as ConnKey, raw, messages);
+                out.deliver_batch(m.key as ConnKey, &mut batch, messages);
             }
         }
         if let Some(json) = &json {
+            let mut batch = Batch::new(json);
             for m in &topic.json {
-                out.deliver(m.key as ConnKey, json, messages);
+                out.deliver_batch(m.key as ConnKey, &mut batch, messages);
             }
         }
         for r in &topic.remote {
@@ -437,14 +465,17 @@ impl TopicIndex {
     pub fn deliver_remote(&mut self, batch: &Broadcast, out: &mut impl Deliver) {
         let Some(&id) = self.by_name.get(&*batch.topic) else { return };
         let topic = &self.topics[id];
+        // Other workers send plain frames; this worker compresses them once for its own subscribers.
         if let Some(raw) = &batch.raw {
+            let mut frames = Batch::new(raw);
             for m in &topic.raw {
-                out.deliver(m.key as ConnKey, raw, batch.messages);
+                out.deliver_batch(m.key as ConnKey, &mut frames, batch.messages);
             }
         }
         if let Some(json) = &batch.json {
+            let mut frames = Batch::new(json);
             for m in &topic.json {
-                out.deliver(m.key as ConnKey, json, batch.messages);
+                out.deliver_batch(m.key as ConnKey, &mut frames, batch.messages);
             }
         }
     }

@@ -43,6 +43,15 @@ pub enum Incoming {
     Pong(Bytes),
     /// A close frame: `None` when it had no body. Code and reason are already validated.
     Close(Option<CloseFrame>),
+    /// A complete message whose first frame had RSV1 set under permessage-deflate (RFC 7692 section 6): its
+    /// payload still compressed (the tail not yet appended), text not yet checked. Only when
+    /// [`Decoder::allow_compressed`] was called.
+    Deflated {
+        /// Whether it is a text message (checked for UTF-8 once inflated).
+        text: bool,
+        /// The compressed payload of all its frames.
+        payload: Bytes,
+    },
 }
 
 /// The incremental decoder. Small when idle: no buffer is held between messages.
@@ -60,6 +69,10 @@ pub struct Decoder {
     utf8: Utf8Validator,
     /// The data frame whose payload is being read, once its header has been consumed.
     frame: Option<PayloadState>,
+    /// permessage-deflate is negotiated: RSV1 may mark the first frame of a data message.
+    compressed_ok: bool,
+    /// The message in progress is compressed (its first frame had RSV1).
+    compressed: bool,
 }
 
 /// The type of the data message in progress.
@@ -90,6 +103,8 @@ struct Header {
     len: usize,
     /// Payload bytes, at most `max_frame_size`.
     payload_len: usize,
+    /// RSV1 set on the first frame of a data message, with permessage-deflate negotiated.
+    compressed: bool,
 }
 
 /// RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
@@ -106,12 +121,25 @@ impl Decoder {
             buffer: BytesMut::new(),
             utf8: Utf8Validator::new(),
             frame: None,
+            compressed_ok: false,
+            compressed: false,
         }
+    }
+
+    /// permessage-deflate is negotiated: from now on RSV1 on the first frame of a data message marks it
+    /// compressed, and such messages come out as [`Incoming::Deflated`].
+    pub fn allow_compressed(&mut self) {
+        self.compressed_ok = true;
     }
 
     /// Changes the size limits from the next frame header on (e.g. tighter before authentication).
     pub fn set_limits(&mut self, limits: DecodeLimits) {
         self.limits = limits;
+    }
+
+    /// The size limits in force.
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
     }
 
     /// Consumes bytes from the front of `input` and returns the next message or control frame, or `Ok(None)`
@@ -149,6 +177,10 @@ impl Decoder {
                 // Fast path: a whole single-frame message is in the input; unmask it in place, no copy.
                 input.advance(header.len);
                 let payload = take_payload(input, header.payload_len, header.mask);
+                if header.compressed {
+                    let text = header.opcode == OpCode::Text;
+                    return Ok(Some(Incoming::Deflated { text, payload: payload.freeze() }));
+                }
                 return match header.opcode {
                     OpCode::Text => {
                         std::str::from_utf8(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -163,6 +195,9 @@ impl Decoder {
                 OpCode::Text => self.message = Some(MessageKind::Text),
                 OpCode::Binary => self.message = Some(MessageKind::Binary),
                 _ => {}
+            }
+            if header.opcode != OpCode::Continuation {
+                self.compressed = header.compressed;
             }
             self.message_len = self.message_len.saturating_add(header.payload_len as u64);
             self.frame = Some(PayloadState {
@@ -196,8 +231,13 @@ impl Decoder {
         // meanings for non-zero values. If a nonzero value is received and none of the negotiated extensions
         // defines the meaning of such a nonzero value, the receiving endpoint MUST _Fail the WebSocket
         // Connection_."
+        // RFC 7692 section 6: with permessage-deflate, RSV1 is the "Per-Message Compressed" bit, and "An endpoint
+        // MUST NOT set the "Per-Message Compressed" bit of control frames and non-first fragments of a data
+        // message": on those it stays an error, as are RSV2 and RSV3.
         let rsv = (first >> 4) & 0x7;
-        if rsv != 0 {
+        let first_data_frame = matches!(first & 0x0F, 0x1 | 0x2);
+        let compressed = rsv == 0b100 && self.compressed_ok && first_data_frame;
+        if rsv != 0 && !compressed {
             return Err(ProtocolError::ReservedBits(rsv));
         }
         // Section 5.2: "If an unknown opcode is received, the receiving endpoint MUST _Fail the WebSocket
@@ -276,7 +316,7 @@ impl Decoder {
         } else {
             None
         };
-        Ok(Some(Header { fin, opcode, mask, len, payload_len }))
+        Ok(Some(Header { fin, opcode, mask, len, payload_len, compressed }))
     }
 
     /// Moves the payload bytes available in `input` into the message buffer, unmasking them and checking text
@@ -293,7 +333,7 @@ impl Decoder {
             if let Some(mask) = frame.mask {
                 apply_mask(piece, mask, frame.read);
             }
-            if self.message == Some(MessageKind::Text) {
+            if self.message == Some(MessageKind::Text) && !self.compressed {
                 // Section 8.1: invalid UTF-8 MUST fail the connection; fail on the first bad piece.
                 self.utf8.feed(piece).map_err(|_| ProtocolError::InvalidUtf8)?;
             }
@@ -315,6 +355,9 @@ impl Decoder {
         self.message_len = 0;
         // Leaves an empty buffer without capacity: nothing is held while idle.
         let payload = std::mem::take(&mut self.buffer).freeze();
+        if std::mem::take(&mut self.compressed) {
+            return Ok(Incoming::Deflated { text: kind == Some(MessageKind::Text), payload });
+        }
         match kind {
             Some(MessageKind::Text) => {
                 self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::close::{CloseCode, CloseFrame};
 use super::codec::{DecodeLimits, Decoder, Incoming};
+use super::deflate::{Agreement, InflateError, Inflater};
 use super::error::ProtocolError;
 use super::frame::{self, OpCode};
 use super::Role;
@@ -118,6 +119,8 @@ pub struct Connection {
     role: Role,
     /// Masking key source for the client role (xorshift; the core draws no randomness of its own).
     mask_state: u64,
+    /// The window of permessage-deflate negotiated for our messages to the peer; 0 when not negotiated.
+    deflate_bits: u8,
 }
 
 impl Connection {
@@ -136,7 +139,21 @@ impl Connection {
             ending: None,
             role: settings.role,
             mask_state: seed | 1,
+            deflate_bits: 0,
         }
+    }
+
+    /// permessage-deflate was negotiated in the handshake: compressed messages from the peer are accepted (and
+    /// must then be polled with [`Connection::poll_message_inflating`]).
+    pub fn set_deflate(&mut self, agreement: Agreement) {
+        self.deflate_bits = agreement.server_window_bits;
+        self.decoder.allow_compressed();
+    }
+
+    /// The window bits of the permessage-deflate agreement, if one was made: messages to this peer may be
+    /// compressed with a window of at most that.
+    pub fn deflate_window(&self) -> Option<u8> {
+        (self.deflate_bits != 0).then_some(self.deflate_bits)
     }
 
     /// Decodes from `input` and returns the next event: a data message, or word that a control frame (a pong)
@@ -144,6 +161,20 @@ impl Connection {
     /// the connection no longer delivers messages (closing or failed). Call until `None`, then drain
     /// [`Connection::poll_control`].
     pub fn poll_message(&mut self, now: Instant, settings: &ConnSettings, input: &mut BytesMut) -> Option<Event> {
+        self.poll_message_inflating(now, settings, input, None)
+    }
+
+    /// [`Connection::poll_message`] for a connection with permessage-deflate: compressed messages are inflated
+    /// with `inflater` (reset per message, so one serves every connection), their inflated size held to
+    /// `max_message_size` (more: close 1009) and text checked for UTF-8 after inflation. Invalid compressed data
+    /// closes with 1007; so does a compressed message when no inflater is given.
+    pub fn poll_message_inflating(
+        &mut self,
+        now: Instant,
+        settings: &ConnSettings,
+        input: &mut BytesMut,
+        mut inflater: Option<&mut Inflater>,
+    ) -> Option<Event> {
         if !input.is_empty() {
             self.last_input = now;
         }
@@ -157,7 +188,13 @@ impl Connection {
                 input.clear();
                 return None;
             }
-            match self.decoder.decode(input) {
+            let decoded = match self.decoder.decode(input) {
+                Ok(Some(Incoming::Deflated { text, payload })) => {
+                    inflate(inflater.as_deref_mut(), &payload, text, self.decoder.limits().max_message_size)
+                }
+                other => other,
+            };
+            match decoded {
                 Ok(None) => return None,
                 Ok(Some(Incoming::Text(b))) if self.can_send() => return Some(Event::Message(Message::Text(b))),
                 Ok(Some(Incoming::Binary(b))) if self.can_send() => return Some(Event::Message(Message::Binary(b))),
@@ -169,7 +206,7 @@ impl Connection {
                         return Some(Event::Control);
                     }
                 }
-                Ok(Some(Incoming::Pong(_))) => {}
+                Ok(Some(Incoming::Pong(_) | Incoming::Deflated { .. })) => {}
                 Ok(Some(Incoming::Close(frame))) => {
                     self.handle_peer_close(now, settings, frame);
                 }
@@ -372,6 +409,26 @@ impl Connection {
     /// until the client has authenticated, then restores the configured ones).
     pub fn set_limits(&mut self, limits: DecodeLimits) {
         self.decoder.set_limits(limits);
+    }
+}
+
+/// Inflates one compressed message into the [`Incoming`] it stands for.
+fn inflate(
+    inflater: Option<&mut Inflater>,
+    payload: &[u8],
+    text: bool,
+    max: u64,
+) -> Result<Option<Incoming>, ProtocolError> {
+    let inflater = inflater.ok_or(ProtocolError::InvalidCompressed)?;
+    let data = inflater.inflate(payload, max).map_err(|e| match e {
+        InflateError::TooLarge { max } => ProtocolError::InflatedTooLarge { max },
+        InflateError::Invalid => ProtocolError::InvalidCompressed,
+    })?;
+    if text {
+        std::str::from_utf8(&data).map_err(|_| ProtocolError::InvalidUtf8)?;
+        Ok(Some(Incoming::Text(Bytes::from(data))))
+    } else {
+        Ok(Some(Incoming::Binary(Bytes::from(data))))
     }
 }
 

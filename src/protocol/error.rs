@@ -42,6 +42,16 @@ pub enum ProtocolError {
     /// A close frame with a 1-byte payload (5.5.1: a body, if any, starts with a 2-byte code).
     #[error("close frame payload of 1 byte")]
     InvalidClosePayload,
+    /// A compressed message (permessage-deflate) whose data is not valid DEFLATE, or that refers back into an
+    /// earlier message after the client was asked for `client_no_context_takeover` (RFC 7692 section 7.2.2).
+    #[error("invalid compressed data")]
+    InvalidCompressed,
+    /// A compressed message that inflates past `max_message_size` (a deflate bomb, or just a large message).
+    #[error("inflated message exceeds the limit of {max} bytes")]
+    InflatedTooLarge {
+        /// The configured limit.
+        max: u64,
+    },
     /// A close code that may not be sent on the wire (7.4.1, 7.4.2).
     #[error("invalid close code {0}")]
     InvalidCloseCode(u16),
@@ -64,11 +74,14 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// The close code this error puts on the wire: 1007 for bad UTF-8, 1009 for size limits, 1002 otherwise.
+    /// The close code this error puts on the wire: 1007 for bad UTF-8 and bad compressed data (the payload is
+    /// inconsistent with the message), 1009 for size limits (of the inflated size too), 1002 otherwise.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            ProtocolError::FrameTooLarge { .. } | ProtocolError::MessageTooLarge { .. } => CloseCode::TOO_BIG,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressed => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::FrameTooLarge { .. }
+            | ProtocolError::MessageTooLarge { .. }
+            | ProtocolError::InflatedTooLarge { .. } => CloseCode::TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }

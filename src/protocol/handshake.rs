@@ -272,10 +272,24 @@ pub fn accept_key(key: &str) -> String {
 
 /// Writes `101 Switching Protocols` with the accept key and, if given, the chosen subprotocol.
 pub fn write_switching_protocols(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>) {
+    write_switching_protocols_with(out, accept, protocol, None);
+}
+
+/// [`write_switching_protocols`], plus the accepted extensions (`Sec-WebSocket-Extensions`, e.g. the answer of
+/// [`super::deflate::negotiate`]) when given.
+pub fn write_switching_protocols_with(
+    out: &mut Vec<u8>,
+    accept: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
     push_header(out, "Sec-WebSocket-Accept", accept);
     if let Some(protocol) = protocol {
         push_header(out, "Sec-WebSocket-Protocol", protocol);
+    }
+    if let Some(extensions) = extensions {
+        push_header(out, "Sec-WebSocket-Extensions", extensions);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -12,6 +12,7 @@
 //! - [`utf8`]: incremental UTF-8 validation across fragments.
 //! - [`close`]: close codes and close frames.
 //! - [`conn`]: the per-connection state machine (ping/pong, close handshake, timeouts).
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, the message compressor and inflater.
 //! - [`error`]: protocol errors and the close code each one puts on the wire.
 //! - [`auth`]: JWT verification, token carriers, grants and per-connection auth state (unix time passed in).
 //! - [`proxy`]: the client address behind a proxy: PROXY protocol headers, `X-Forwarded-For`, `Forwarded`.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod close;
 pub mod codec;
 pub mod conn;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -16,6 +16,7 @@ use crate::protocol::auth::policy::Need;
 use crate::protocol::auth::{ConnAuth, Denied, Mode};
 use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::Connection;
+use crate::protocol::deflate;
 use crate::protocol::handshake::{self, HandshakeError, Method, RequestHead};
 use crate::protocol::proxy;
 
@@ -292,9 +293,18 @@ impl Worker {
             },
             _ => return Err(Refusal::Plain(404, "not found")),
         };
-        let mut out = Vec::with_capacity(160);
-        handshake::write_switching_protocols(&mut out, &accept, admitted.subprotocol);
+        let compression = &self.cfg.compression;
+        let deflate = compression
+            .enabled
+            .then(|| deflate::negotiate(head.headers_named("sec-websocket-extensions"), compression.window_bits))
+            .flatten();
+        let mut out = Vec::with_capacity(256);
+        let extensions = deflate.as_ref().map(|(_, answer)| answer.as_str());
+        handshake::write_switching_protocols_with(&mut out, &accept, admitted.subprotocol, extensions);
         let mut core = Connection::new(self.now, &self.settings, key as u64);
+        if let Some((agreement, _)) = deflate {
+            core.set_deflate(agreement);
+        }
         if awaiting {
             // Until the auth message, a client may make us buffer one token's worth, not max_message_size.
             let cap = (self.cfg.auth.max_token_size.0 + PRE_AUTH_ENVELOPE).min(self.settings.limits.max_message_size);

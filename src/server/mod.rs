@@ -4,6 +4,7 @@
 //! - [`worker`]: the loop, accept, read, flush, timers, drain.
 //! - [`http`]: requests before the upgrade, and plain HTTP endpoints.
 //! - [`ws`]: what each WebSocket endpoint does with messages.
+//! - [`compress`]: the worker's permessage-deflate compressors and inflater, shared by its connections.
 //! - [`conn`]: one connection's socket, phase, buffer and outbox.
 //! - [`outbox`]: queued frames and the vectored write.
 //! - [`transport`]: a connection's bytes in the clear or through TLS; `secure` drives the TLS side.
@@ -13,6 +14,7 @@
 //! - [`rlimit`]: raising the open-files limit at start.
 //! - [`trim`]: giving back the room of connections and topics that are gone, after a load.
 
+pub mod compress;
 pub mod conn;
 pub mod http;
 pub mod keys;

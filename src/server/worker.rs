@@ -19,13 +19,14 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::compress::WorkerDeflate;
 use super::conn::{
     Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, VIA_PROXY, WRITE_WAIT,
 };
 use super::loglimit::LogLimit;
 use super::pool::ReadPool;
 use super::transport::{TlsConn, Transport};
-use crate::broker::index::{ConnKey, Deliver, TopicIndex};
+use crate::broker::index::{Batch, ConnKey, Deliver, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::metrics::{Counters, Metric, WorkerSlot};
@@ -34,6 +35,7 @@ use crate::protocol::auth::{AuthPolicy, ConnAuth, WorkerAuth, CLOSE_UNAUTHORIZED
 use crate::protocol::close::CloseCode;
 use crate::protocol::codec::DecodeLimits;
 use crate::protocol::conn::{ConnSettings, Ending};
+use crate::protocol::error::ProtocolError;
 use crate::protocol::proxy;
 use crate::protocol::Role;
 
@@ -119,6 +121,8 @@ pub struct Worker {
     pub(super) auth: AuthPolicy,
     /// Grants interned for this worker's connections, and the tokens it verified.
     pub(super) auth_mem: WorkerAuth,
+    /// permessage-deflate: the worker's compressors and inflater, shared by its connections.
+    pub(super) deflate: WorkerDeflate,
     pool: ReadPool,
     /// Receive memory held by this worker's connections (the sum of their `held`).
     recv_held: usize,
@@ -167,6 +171,8 @@ pub(super) struct Sink<'a> {
     pub(super) metrics: &'a mut Counters,
     pub(super) cap: usize,
     pub(super) policy: SlowConsumerPolicy,
+    /// Compresses a batch once for the subscribers that negotiated permessage-deflate.
+    pub(super) deflate: &'a mut WorkerDeflate,
 }
 
 impl<'a> Sink<'a> {
@@ -176,12 +182,29 @@ impl<'a> Sink<'a> {
         dirty: &'a mut Vec<ConnKey>,
         metrics: &'a mut Counters,
         limits: &crate::config::Limits,
+        deflate: &'a mut WorkerDeflate,
     ) -> Self {
-        Sink { conns, dirty, metrics, cap: limits.max_backpressure.bytes(), policy: limits.slow_consumer }
+        Sink { conns, dirty, metrics, cap: limits.max_backpressure.bytes(), policy: limits.slow_consumer, deflate }
     }
 }
 
 impl Deliver for Sink<'_> {
+    fn deliver_batch(&mut self, key: ConnKey, batch: &mut Batch<'_>, messages: u32) {
+        // With compression off no connection negotiated it: no second look-up on the fan-out path.
+        let bits = if self.deflate.enabled() {
+            self.conns.get(key).and_then(Conn::core).and_then(|c| c.deflate_window())
+        } else {
+            None
+        };
+        match bits {
+            Some(bits) => {
+                let frames = self.deflate.batch_for(batch, bits, self.metrics);
+                self.deliver(key, &frames, messages);
+            }
+            None => self.deliver(key, batch.plain, messages),
+        }
+    }
+
     fn deliver(&mut self, key: ConnKey, frames: &Bytes, messages: u32) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Phase::WebSocket { core, .. } = &mut conn.phase else { return };
@@ -271,6 +294,7 @@ impl Worker {
             metrics: Counters::default(),
             auth,
             auth_mem: WorkerAuth::new(cfg.auth.token_cache),
+            deflate: WorkerDeflate::new(&cfg.compression),
             pool: ReadPool::new(cfg.limits.read_buffer.bytes(), now),
             recv_held: 0,
             dirty: Vec::new(),
@@ -376,7 +400,8 @@ impl Worker {
     }
 
     pub(super) fn flush_index(&mut self) {
-        let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
+        let mut sink =
+            Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits, &mut self.deflate);
         self.index.flush(&mut sink, &mut self.mesh);
         let full = self.mesh.full_events;
         if full > 0 {
@@ -390,7 +415,8 @@ impl Worker {
         while budget > 0 {
             let Some(msg) = self.inbox.try_recv() else { break };
             budget -= 1;
-            let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
+            let mut sink =
+                Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits, &mut self.deflate);
             match msg {
                 MeshMsg::Broadcast(batch) => self.index.deliver_remote(&batch, &mut sink),
                 MeshMsg::Interest(i) => self.index.set_remote(&i.topic, i.worker, i.raw, i.json),
@@ -937,7 +963,12 @@ impl Worker {
             let (by, code) = match core.ending() {
                 Some(Ending::PeerClosed(code)) => ("peer", code.map_or(1005, |c| c.0)),
                 Some(Ending::WeClosed(code)) => ("server", code.0),
-                Some(Ending::Failed(e)) => ("server", e.close_code().0),
+                Some(Ending::Failed(e)) => {
+                    if matches!(e, ProtocolError::InvalidCompressed | ProtocolError::InflatedTooLarge { .. }) {
+                        self.metrics.inc(Metric::InflateErrors);
+                    }
+                    ("server", e.close_code().0)
+                }
                 None => ("gone", 1006),
             };
             tracing::debug!(worker = self.id, key, peer = %conn.ip, by, code, "websocket closed");

@@ -24,7 +24,8 @@ impl Worker {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
             let Conn { phase: Phase::WebSocket { core, endpoint }, rbuf, .. } = conn else { return };
-            let msg = match core.poll_message(self.now, &self.settings, rbuf) {
+            let inflater = core.deflate_window().map(|_| self.deflate.inflater());
+            let msg = match core.poll_message_inflating(self.now, &self.settings, rbuf, inflater) {
                 None => break,
                 Some(Event::Control) => {
                     self.pump_control(key);
@@ -54,7 +55,13 @@ impl Worker {
             }
             match endpoint {
                 Endpoint::Echo => {
-                    echo(&mut conn.outbox, &msg);
+                    match core.deflate_window() {
+                        Some(bits) => {
+                            let frame = self.deflate.frame_for(msg.opcode(), msg.payload(), bits, &mut self.metrics);
+                            conn.outbox.push(frame);
+                        }
+                        None => echo(&mut conn.outbox, &msg),
+                    }
                     self.metrics.inc(Metric::MessagesOut);
                     mark_dirty(conn, key, &mut self.dirty);
                 }
@@ -84,7 +91,8 @@ impl Worker {
         payload: &[u8],
         json: Option<&serde_json::value::RawValue>,
     ) -> usize {
-        let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
+        let mut sink =
+            Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits, &mut self.deflate);
         self.index.publish(topic, text, payload, json, &mut sink, &mut self.mesh)
     }
 

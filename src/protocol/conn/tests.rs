@@ -760,3 +760,97 @@ fn tighter_limits_apply_to_the_next_message_and_can_be_lifted_again() {
     let frames = pair.server_control(true);
     assert_eq!(frames.first().map(|f| (f[0], u16::from_be_bytes([f[2], f[3]]))), Some((0x88, 1009)));
 }
+
+// --- permessage-deflate (RFC 7692) ---
+
+/// A client frame with RSV1 set (the "Per-Message Compressed" bit) on top of `client_frame`.
+fn rsv1(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0] |= 0x40;
+    frame
+}
+
+fn deflated(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::protocol::deflate::Compressor::new(6, 15).compress(payload, &mut out);
+    out
+}
+
+/// A server core with permessage-deflate negotiated, fed `input`; its events, and the close code it sends.
+fn server_with_deflate(negotiated: bool, input: &[u8]) -> (Vec<Event>, Option<u16>) {
+    let now = Instant::now();
+    let s = settings(Role::Server, None, None);
+    let mut conn = Connection::new(now, &s, 1);
+    if negotiated {
+        conn.set_deflate(crate::protocol::deflate::Agreement { server_window_bits: 15 });
+    }
+    let mut inflater = crate::protocol::deflate::Inflater::new();
+    let mut buf = BytesMut::from(input);
+    let mut events = Vec::new();
+    while let Some(e) = conn.poll_message_inflating(now, &s, &mut buf, Some(&mut inflater)) {
+        events.push(e);
+    }
+    let close = conn.poll_control(now, &s, true).map(|f| u16::from_be_bytes([f[2], f[3]]));
+    (events, close)
+}
+
+#[test]
+fn a_compressed_text_message_is_inflated_when_deflate_was_negotiated() {
+    let frame = rsv1(client_frame(true, OpCode::Text, &deflated(b"Hello, deflate")));
+    assert_eq!(server_with_deflate(true, &frame), (vec![text("Hello, deflate")], None));
+}
+
+#[test]
+fn a_compressed_message_in_fragments_is_inflated_whole() {
+    let body = deflated("fragmented ".repeat(50).as_bytes());
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut input = rsv1(client_frame(false, OpCode::Text, a));
+    input.extend(client_frame(true, OpCode::Continuation, b));
+    assert_eq!(server_with_deflate(true, &input), (vec![text(&"fragmented ".repeat(50))], None));
+}
+
+#[test]
+fn uncompressed_messages_still_pass_when_deflate_was_negotiated() {
+    assert_eq!(server_with_deflate(true, &client_frame(true, OpCode::Text, b"plain")), (vec![text("plain")], None));
+}
+
+#[test]
+fn rsv1_without_negotiation_fails_with_1002() {
+    let frame = rsv1(client_frame(true, OpCode::Text, &deflated(b"x")));
+    assert_eq!(server_with_deflate(false, &frame), (vec![], Some(1002)));
+}
+
+#[test]
+fn rsv1_on_a_control_frame_or_a_continuation_fails_with_1002() {
+    assert_eq!(server_with_deflate(true, &rsv1(client_frame(true, OpCode::Ping, b""))), (vec![], Some(1002)));
+    let mut input = client_frame(false, OpCode::Text, b"a");
+    input.extend(rsv1(client_frame(true, OpCode::Continuation, b"b")));
+    assert_eq!(server_with_deflate(true, &input), (vec![], Some(1002)));
+}
+
+#[test]
+fn rsv2_and_rsv3_stay_errors_with_deflate() {
+    let mut frame = client_frame(true, OpCode::Text, b"x");
+    frame[0] |= 0x20;
+    assert_eq!(server_with_deflate(true, &frame), (vec![], Some(1002)));
+}
+
+#[test]
+fn invalid_compressed_data_fails_with_1007() {
+    let frame = rsv1(client_frame(true, OpCode::Binary, &[0xff, 0xff, 0xff]));
+    assert_eq!(server_with_deflate(true, &frame), (vec![], Some(1007)));
+}
+
+#[test]
+fn compressed_text_that_inflates_to_invalid_utf8_fails_with_1007() {
+    let frame = rsv1(client_frame(true, OpCode::Text, &deflated(&[0xc3, 0x28])));
+    assert_eq!(server_with_deflate(true, &frame), (vec![], Some(1007)));
+}
+
+#[test]
+fn a_deflate_bomb_fails_with_1009_against_the_inflated_size() {
+    // 8 MiB of zeros, about 8 KiB compressed: under max_message_size (4 MiB) on the wire, over it inflated.
+    let body = deflated(&vec![0u8; 8 << 20]);
+    assert!((body.len() as u64) < LIMITS.max_frame_size);
+    let frame = rsv1(client_frame(true, OpCode::Binary, &body));
+    assert_eq!(server_with_deflate(true, &frame), (vec![], Some(1009)));
+}

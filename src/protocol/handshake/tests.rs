@@ -284,6 +284,15 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
 }
 
 #[test]
+fn writes_switching_protocols_with_the_accepted_extension() {
+    let mut out = Vec::new();
+    write_switching_protocols_with(&mut out, "x", None, Some("permessage-deflate; server_no_context_takeover"));
+    assert!(out.ends_with(
+        b"Sec-WebSocket-Accept: x\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+    ));
+}
+
+#[test]
 fn writes_response_with_length_and_optional_close() {
     let mut out = Vec::new();
     write_response(&mut out, 200, "application/json", b"{}", false);
