@@ -474,6 +474,38 @@ impl TopicIndex {
     }
 }
 
+impl TopicIndex {
+    /// Queues a JSON notice (a cluster gap notice) for the `/ws` subscribers of `name`, here and on the other
+    /// workers, in order with the topic's messages: it goes out with this turn's coalesced frames. Returns
+    /// whether any worker has `/ws` subscribers of it.
+    pub fn publish_notice(&mut self, name: &str, notice: &[u8], out: &mut impl Deliver, mesh: &mut MeshEnd) -> bool {
+        let Some(&id) = self.by_name.get(name) else { return false };
+        let topic = &mut self.topics[id];
+        if topic.json.is_empty() && !topic.remote_json() {
+            return false;
+        }
+        reserve_for(&mut topic.pend_json, frame::header_len(notice.len(), false) + notice.len());
+        frame::write_frame(&mut topic.pend_json, OpCode::Text, notice);
+        topic.pend_msgs += 1;
+        if !topic.dirty {
+            topic.dirty = true;
+            self.dirty.push(id);
+        }
+        if topic.pend_json.len() >= self.coalesce_limit {
+            Self::flush_topic(topic, out, mesh);
+        }
+        true
+    }
+
+    /// This worker's subscribers of `name` of one kind.
+    pub fn local_subscribers(&self, name: &str, kind: SubKind) -> Vec<ConnKey> {
+        let Some(&id) = self.by_name.get(name) else { return Vec::new() };
+        let topic = &self.topics[id];
+        let list = if kind == SubKind::Raw { &topic.raw } else { &topic.json };
+        list.iter().map(|m| m.key as ConnKey).collect()
+    }
+}
+
 /// Grows a coalescing buffer for `need` more bytes, starting small so idle topics hold nothing.
 fn reserve_for(buf: &mut BytesMut, need: usize) {
     if buf.capacity() - buf.len() < need {

@@ -12,6 +12,7 @@
 //! - [`rlimit`]: raising the open-files limit at start.
 //! - [`trim`]: giving back the room of connections and topics that are gone, after a load.
 
+mod cluster;
 pub mod conn;
 pub mod http;
 pub mod keys;
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// The `[auth]` settings could not be put in force.
     #[error(transparent)]
     Auth(#[from] keys::AuthSetupError),
+    /// The `[cluster]` bridge could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running server: its address, and the means to stop it and wait for it.
@@ -76,6 +80,8 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     peers: Vec<PeerHandle>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
+    /// The cluster bridge's thread (it exits once every worker has).
+    bridge: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -126,6 +132,9 @@ impl ServerHandle {
                 Err(_) => result = Err(ServerError::Panicked(i)),
             }
         }
+        if let Some(bridge) = self.bridge {
+            let _ = bridge.join();
+        }
         result
     }
 }
@@ -161,11 +170,29 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         wakers.push(Arc::new(waker));
     }
     let (peers, inboxes) = mesh::inboxes(wakers, cfg.limits.inbox_capacity);
-    let shared = Arc::new(Shared::new(workers));
+    let mut shared = Shared::new(workers);
+    let cluster_state = crate::cluster::bridge::state_for(&cfg);
+    if let Some(state) = &cluster_state {
+        // The bridge's metrics slot comes after the workers'.
+        shared.slots.push(crate::metrics::WorkerSlot::default());
+        shared.cluster = Some(state.clone());
+    }
+    let shared = Arc::new(shared);
+    let (mut links, bridge) = match cluster_state {
+        Some(state) => {
+            let (links, thread) =
+                crate::cluster::bridge::spawn(cfg.clone(), state, peers.clone(), shared.clone(), workers)?;
+            (links.into_iter().map(Some).collect(), Some(thread))
+        }
+        None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+    };
     let cores = pick_cores(&cfg);
     let mut threads = Vec::with_capacity(workers);
     for (id, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
-        let mesh_end = MeshEnd::new(id, peers.clone());
+        let mut mesh_end = MeshEnd::new(id, peers.clone());
+        if let Some(link) = links[id].take() {
+            mesh_end.set_bridge(link);
+        }
         let shared = shared.clone();
         let cfg = cfg.clone();
         let auth = auth.clone();
@@ -185,7 +212,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         threads.push(thread);
     }
     tracing::info!(%addr, workers, pinned = cores.is_some(), auth = ?auth.mode(), "herald listening");
-    Ok(ServerHandle { addr, cfg, shared, peers, threads })
+    Ok(ServerHandle { addr, cfg, shared, peers, threads, bridge })
 }
 
 /// The cores to pin to, in worker order, or `None` when pinning is off or impossible.
