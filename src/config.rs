@@ -543,7 +543,17 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting, Listen, OverflowPolicy, GapPolicy);
+deserialize_via_from_str!(
+    Size,
+    Dur,
+    SlowConsumerPolicy,
+    LogFormat,
+    CpuList,
+    AuthModeSetting,
+    Listen,
+    OverflowPolicy,
+    GapPolicy
+);
 
 /// How a setting's value is written in TOML (for `--check` and the generated example file).
 trait TomlValue {
@@ -574,7 +584,18 @@ toml_bare!(usize, u64, bool);
 macro_rules! toml_quoted {
     ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { toml_string(&self.to_string()) } } )*};
 }
-toml_quoted!(String, Size, Dur, Listen, CpuList, LogFormat, SlowConsumerPolicy, AuthModeSetting, OverflowPolicy, GapPolicy);
+toml_quoted!(
+    String,
+    Size,
+    Dur,
+    Listen,
+    CpuList,
+    LogFormat,
+    SlowConsumerPolicy,
+    AuthModeSetting,
+    OverflowPolicy,
+    GapPolicy
+);
 
 impl TomlValue for List {
     fn toml(&self) -> String {

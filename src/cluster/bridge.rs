@@ -75,11 +75,8 @@ pub fn spawn(
     drop(tx);
     let prefix = c.channel_prefix.as_bytes().to_vec();
     let now = Instant::now();
-    let shards = urls
-        .into_iter()
-        .enumerate()
-        .map(|(i, url)| Shard::new(url, probe_channel(&prefix, node, i), now))
-        .collect();
+    let shards =
+        urls.into_iter().enumerate().map(|(i, url)| Shard::new(url, probe_channel(&prefix, node, i), now)).collect();
     let workers = peers.len();
     let bridge = Bridge {
         poll,
@@ -152,8 +149,8 @@ struct Link {
     inbuf: BytesMut,
     /// Replies still expected to the connection's opening commands (AUTH, PING or the probe's SUBSCRIBE).
     handshake_left: usize,
-    /// PUBLISH replies still expected (publish link).
-    awaiting: usize,
+    /// PUBLISH replies still expected (publish link), in order: true for a probe's.
+    awaiting: VecDeque<bool>,
 }
 
 impl Link {
@@ -468,7 +465,7 @@ impl Bridge {
                     shard.next_probe = now + probe_interval;
                     let header = Header { kind: Kind::Probe, origin: self.node, seq: shard.probe_token }.encode();
                     resp::command(&mut shard.publ.out, &[&[b"PUBLISH"], &[&shard.probe_channel], &[&header]]);
-                    shard.publ.awaiting += 1;
+                    shard.publ.awaiting.push_back(true);
                 }
                 _ => {}
             }
@@ -499,7 +496,7 @@ impl Bridge {
             link.stream = Some(stream);
             link.out.clear();
             link.inbuf.clear();
-            link.awaiting = 0;
+            link.awaiting.clear();
             link.handshake_left = 1;
             if let Some(cmd) = &auth {
                 link.out.extend_from_slice(cmd);
@@ -527,14 +524,14 @@ impl Bridge {
     /// Drops shard `s`'s links after `why` and schedules a reconnection with backoff and jitter.
     fn fail(&mut self, s: usize, why: &LinkError, now: Instant) {
         let shard = &mut self.shards[s];
-        let lost = shard.publ.awaiting;
+        let lost = shard.publ.awaiting.iter().filter(|&&probe| !probe).count();
         for link in [&mut shard.publ, &mut shard.sub] {
             if let Some(mut stream) = link.stream.take() {
                 let _ = self.poll.registry().deregister(&mut stream);
             }
             link.out = BytesMut::new();
             link.inbuf = BytesMut::new();
-            link.awaiting = 0;
+            link.awaiting = VecDeque::new();
             link.handshake_left = 0;
         }
         if lost > 0 {
@@ -583,7 +580,7 @@ impl Bridge {
             let Some((header, out)) = shard.queue.pop_front() else { break };
             let topic = out.topic.as_bytes();
             resp::command(&mut shard.publ.out, &[&[b"PUBLISH"], &[&self.prefix, topic], &[&header, &out.payload]]);
-            shard.publ.awaiting += 1;
+            shard.publ.awaiting.push_back(false);
             moved += 1;
         }
         if moved > 0 {
@@ -661,8 +658,9 @@ impl Bridge {
     /// A reply on the publish link: a PUBLISH's receiver count, or an error.
     fn on_reply(&mut self, s: usize, value: &Value) {
         let shard = &mut self.shards[s];
-        shard.publ.awaiting = shard.publ.awaiting.saturating_sub(1);
+        let probe = shard.publ.awaiting.pop_front().unwrap_or(false);
         match value {
+            Value::Integer(_) if probe => {}
             Value::Integer(_) => self.metrics.inc(Metric::ClusterPublishesSent),
             Value::Error(e) => {
                 self.metrics.inc(Metric::ClusterPublishesFailed);

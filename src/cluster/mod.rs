@@ -173,11 +173,7 @@ impl ClusterState {
             })
             .collect();
         let state = if self.degraded() { "degraded" } else { "ok" };
-        format!(
-            "{{\"node\":{},\"state\":\"{state}\",\"shards\":[{}]}}",
-            json_string(&self.node),
-            shards.join(",")
-        )
+        format!("{{\"node\":{},\"state\":\"{state}\",\"shards\":[{}]}}", json_string(&self.node), shards.join(","))
     }
 }
 

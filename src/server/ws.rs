@@ -89,7 +89,13 @@ impl Worker {
         json: Option<&serde_json::value::RawValue>,
     ) -> Result<usize, crate::cluster::Overflow> {
         use crate::cluster::Kind;
-        let kind = if json.is_some() { Kind::Json } else if text { Kind::Text } else { Kind::Binary };
+        let kind = if json.is_some() {
+            Kind::Json
+        } else if text {
+            Kind::Text
+        } else {
+            Kind::Binary
+        };
         crate::cluster::offer(&mut self.mesh, &mut self.metrics, topic, kind, payload)?;
         let mut sink = Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits);
         Ok(self.index.publish(topic, text, payload, json, &mut sink, &mut self.mesh))
