@@ -1292,4 +1292,34 @@ mod tests {
         assert_eq!("0-2,5".parse::<CpuList>(), Ok(CpuList(vec![0, 1, 2, 5])));
         assert!("3-1".parse::<CpuList>().is_err());
     }
+
+    #[test]
+    fn without_a_cluster_section_the_node_is_alone() {
+        let c = Config::from_toml("", &cli(&[])).expect("defaults");
+        assert!(!c.cluster.enabled());
+        assert_eq!(c.cluster.channel_prefix, "herald:");
+        assert_eq!(c.cluster.unsubscribe_linger.0, Duration::from_secs(5));
+        assert_eq!((c.cluster.on_overflow, c.cluster.on_gap), (OverflowPolicy::Drop, GapPolicy::Ignore));
+    }
+
+    #[test]
+    fn the_cluster_section_takes_a_list_of_instances_and_its_policies() {
+        let toml = "[cluster]\nredis_urls = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2\"]\n\
+                    on_overflow = \"reject\"\non_gap = \"close\"\nmax_pending = 10\n";
+        let c = Config::from_toml(toml, &cli(&["--cluster-node-id", "edge-1"])).expect("valid");
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.redis_urls.0.len(), 2);
+        assert_eq!((c.cluster.on_overflow, c.cluster.on_gap), (OverflowPolicy::Reject, GapPolicy::Close));
+        assert_eq!((c.cluster.max_pending, c.cluster.node_id.as_str()), (10, "edge-1"));
+    }
+
+    #[test]
+    fn a_redis_url_with_a_password_or_a_bad_policy_is_refused_with_its_key() {
+        let err = Config::from_toml("[cluster]\nredis_urls = \"redis://:pw@h:6379\"\n", &cli(&[])).expect_err("bad");
+        assert!(err.to_string().contains("cluster.redis_urls"), "{err}");
+        assert!(Config::from_toml("[cluster]\non_gap = \"panic\"\n", &cli(&[])).is_err());
+        let err = Config::from_toml("[cluster]\nprobe_timeout = \"1s\"\nprobe_interval = \"2s\"\n", &cli(&[]))
+            .expect_err("probe timeout shorter than the interval");
+        assert!(err.to_string().contains("cluster.probe_timeout"), "{err}");
+    }
 }
