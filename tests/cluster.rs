@@ -14,6 +14,7 @@ use base64::Engine as _;
 use redis::Redis;
 use serde_json::{json, Value};
 use support::{connect, expect_close, next_data, wait_until, Client, HttpConn, Server};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 const TEXT: &[(&str, &str)] = &[("Content-Type", "text/plain")];
@@ -268,7 +269,7 @@ fn redis_killed_mid_stream_loses_nothing_locally_reports_the_gap_and_resumes_wit
     let gap = gap.expect("a gap notice");
     let first_after = seen.iter().position(|&n| n >= 400).expect("resumed");
     assert!(gap <= first_after, "the gap notice comes before the messages published after the restart");
-    assert_eq!(expect_close(&mut remote_raw).0, tungstenite::protocol::frame::coding::CloseCode::Library(4410));
+    assert_eq!(expect_close(&mut remote_raw).0, CloseCode::Library(4410));
     assert!(b.metric("herald_cluster_gaps_total") >= 1);
     assert!(b.metric("herald_cluster_reconnects_total") >= 1);
     eprintln!("resubscribed {resubscribed:?} after the restart");
@@ -347,6 +348,13 @@ fn a_stalled_redis_is_noticed_and_the_queue_stays_bounded_under_either_overflow_
     for i in &accepted {
         assert_eq!(next_data(&mut local_r), Message::text(format!("{i}")), "accepted ones are delivered locally");
     }
+    let mut ws = connect(&rejecting.url("/ws"));
+    ws.send(Message::text(r#"{"type":"publish","topic":"p","data":1,"id":"x"}"#)).expect("send");
+    let reply: Value = serde_json::from_str(next_data(&mut ws).to_text().expect("text")).expect("JSON");
+    assert_eq!((&reply["type"], &reply["code"], &reply["id"]), (&json!("error"), &json!("overloaded"), &json!("x")));
+    let mut raw_pub = connect(&rejecting.url("/pub/p"));
+    raw_pub.send(Message::text("refused")).expect("send");
+    assert_eq!(expect_close(&mut raw_pub).0, CloseCode::Again, "/pub publisher closed with 1013");
 
     let mut post = HttpConn::open(dropping.addr);
     for i in 0..200 {
@@ -389,4 +397,43 @@ fn a_redis_password_is_read_from_a_file_and_a_wrong_one_leaves_the_node_degraded
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(cluster_state(&wrong), "degraded", "a refused AUTH keeps the link down");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn auth_is_enforced_on_every_node_as_on_a_single_one() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use tungstenite::client::IntoClientRequest;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth");
+    let secret = format!("{fixtures}/hs.secret");
+    let api = format!("{fixtures}/api.key");
+    let redis = Redis::start();
+    let urls = [redis.url()];
+    let auth = ["--auth-secret-file", secret.as_str(), "--auth-api-key-file", api.as_str()];
+    let nodes: Vec<Server> = (0..3).map(|_| node(&urls, &auth)).collect();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
+    let claims = json!({"sub":"u","exp":exp,"subscribe":["news"]});
+    let key = EncodingKey::from_secret(include_bytes!("fixtures/auth/hs.secret"));
+    let token = encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign");
+    let open = |n: &Server, path: &str, token: Option<&str>| {
+        let mut req = n.url(path).into_client_request().expect("request");
+        if let Some(t) = token {
+            req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().expect("header"));
+        }
+        let stream = std::net::TcpStream::connect(n.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        tungstenite::client(req, stream)
+    };
+    let mut subs = Vec::new();
+    for n in &nodes {
+        assert!(open(n, "/sub/news", None).is_err(), "no token, no subscription");
+        assert!(open(n, "/sub/secret", Some(&token)).is_err(), "a topic the token does not grant");
+        subs.push(open(n, "/sub/news", Some(&token)).expect("granted").0);
+        assert_eq!(n.http("POST", "/publish/news", TEXT, b"x").0, 401, "POST without the API key");
+    }
+    wait_numsub(&redis, "news", 3);
+    let with_key = [("Content-Type", "text/plain"), ("Authorization", "Bearer api-key-for-tests")];
+    assert_eq!(nodes[0].http("POST", "/publish/news", &with_key, b"hello").0, 200);
+    for s in &mut subs {
+        assert_eq!(next_data(s), Message::text("hello"), "delivered on every node, once");
+    }
 }

@@ -180,9 +180,9 @@ impl Link {
         Ok(())
     }
 
-    /// Reads what is available; false at EOF.
-    fn fill(&mut self) -> io::Result<bool> {
-        let Some(stream) = self.stream.as_mut() else { return Ok(true) };
+    /// Reads what is available, up to about 4 MiB: (false at EOF, true when the socket may hold more).
+    fn fill(&mut self) -> io::Result<(bool, bool)> {
+        let Some(stream) = self.stream.as_mut() else { return Ok((true, false)) };
         loop {
             self.inbuf.reserve(64 * 1024);
             let len = self.inbuf.len();
@@ -191,21 +191,21 @@ impl Link {
             match stream.read(&mut self.inbuf[len..]) {
                 Ok(0) => {
                     self.inbuf.truncate(len);
-                    return Ok(false);
+                    return Ok((false, false));
                 }
                 Ok(n) => self.inbuf.truncate(len + n),
                 Err(e) => {
                     self.inbuf.truncate(len);
                     match e.kind() {
-                        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected => return Ok(true),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected => return Ok((true, false)),
                         io::ErrorKind::Interrupted => {}
                         _ => return Err(e),
                     }
                 }
             }
             if self.inbuf.len() >= 4 * 1024 * 1024 {
-                // Enough to work on; the rest is read on the next turn (the bridge reads again when paused).
-                return Ok(true);
+                // Enough to work on: the caller decodes it, then reads on (the edge will not come again).
+                return Ok((true, true));
             }
         }
     }
@@ -607,12 +607,25 @@ impl Bridge {
             // Workers' inboxes are full: Redis waits (its output buffer limit is the bound).
             return Ok(());
         }
-        let shard = &mut self.shards[s];
-        let link = if is_sub { &mut shard.sub } else { &mut shard.publ };
-        if link.stream.is_none() {
-            return Ok(());
+        loop {
+            let shard = &mut self.shards[s];
+            let link = if is_sub { &mut shard.sub } else { &mut shard.publ };
+            if link.stream.is_none() {
+                return Ok(());
+            }
+            let (open, more) = link.fill()?;
+            self.decode_shard(s, is_sub, now)?;
+            if !open {
+                return Err(LinkError::Eof);
+            }
+            if !more || (is_sub && self.paused) {
+                return Ok(());
+            }
         }
-        let open = link.fill()?;
+    }
+
+    /// Handles every complete value read on one link.
+    fn decode_shard(&mut self, s: usize, is_sub: bool, now: Instant) -> Result<(), LinkError> {
         loop {
             let shard = &mut self.shards[s];
             let link = if is_sub { &mut shard.sub } else { &mut shard.publ };
@@ -635,9 +648,6 @@ impl Bridge {
             } else {
                 self.on_reply(s, &value);
             }
-        }
-        if !open {
-            return Err(LinkError::Eof);
         }
         Ok(())
     }

@@ -355,6 +355,64 @@ mod tests {
         assert!(!s.degraded());
     }
 
+    fn link(
+        max_pending: usize,
+        policy: OverflowPolicy,
+    ) -> (WorkerLink, crossbeam_channel::Receiver<ToBridge>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let link = WorkerLink {
+            tx,
+            pending: Arc::new(AtomicUsize::new(0)),
+            max_pending,
+            policy,
+            waker,
+            wake: false,
+            skipped: HashMap::new(),
+        };
+        (link, rx, poll)
+    }
+
+    fn next_publish(rx: &crossbeam_channel::Receiver<ToBridge>) -> Outgoing {
+        match rx.try_recv() {
+            Ok(ToBridge::Publish(o)) => o,
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn past_max_pending_drop_counts_what_it_skipped_so_the_sequence_jumps() {
+        let (mut link, rx, _poll) = link(2, OverflowPolicy::Drop);
+        assert_eq!(link.offer("t", Kind::Text, b"1"), Ok(Offered::Queued));
+        assert_eq!(link.offer("t", Kind::Text, b"2"), Ok(Offered::Queued));
+        assert_eq!(link.offer("t", Kind::Text, b"3"), Ok(Offered::Dropped), "queue full");
+        assert_eq!(link.offer("t", Kind::Text, b"4"), Ok(Offered::Dropped));
+        assert_eq!(link.offer("u", Kind::Text, b"x"), Ok(Offered::Dropped));
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        link.pending.store(0, Ordering::Relaxed); // the bridge wrote them
+        let next = {
+            assert_eq!(link.offer("t", Kind::Text, b"5"), Ok(Offered::Queued));
+            next_publish(&rx)
+        };
+        assert_eq!((&next.payload[..], next.skipped), (&b"5"[..], 2), "the two dropped ones are skipped");
+        assert_eq!(link.offer("t", Kind::Text, b"6"), Ok(Offered::Queued));
+        assert_eq!(next_publish(&rx).skipped, 0, "counted once");
+        link.pending.store(0, Ordering::Relaxed);
+        assert_eq!(link.offer("u", Kind::Text, b"y"), Ok(Offered::Queued));
+        assert_eq!(next_publish(&rx).skipped, 1, "per topic");
+    }
+
+    #[test]
+    fn past_max_pending_reject_refuses_and_queues_nothing() {
+        let (mut link, rx, _poll) = link(1, OverflowPolicy::Reject);
+        assert_eq!(link.offer("t", Kind::Binary, b"1"), Ok(Offered::Queued));
+        assert_eq!(link.offer("t", Kind::Binary, b"2"), Err(Overflow));
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "the refused one is not queued");
+        assert_eq!(link.pending.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn the_gap_notice_is_the_documented_json() {
         let v: serde_json::Value = serde_json::from_str(&gap_notice("t")).expect("JSON");
