@@ -484,7 +484,14 @@ impl TopicIndex {
         if topic.json.is_empty() && !topic.remote_json() {
             return false;
         }
-        reserve_for(&mut topic.pend_json, frame::header_len(notice.len(), false) + notice.len());
+        let need = frame::header_len(notice.len(), false) + notice.len();
+        if topic.pend_json.capacity() == 0 {
+            // A notice comes to every topic of an instance at once (after a reconnection): sized exactly, not
+            // the 4 KiB a publish starts a buffer with, or 100,000 topics would take 400 MiB at once.
+            topic.pend_json = BytesMut::with_capacity(need);
+        } else {
+            reserve_for(&mut topic.pend_json, need);
+        }
         frame::write_frame(&mut topic.pend_json, OpCode::Text, notice);
         topic.pend_msgs += 1;
         if !topic.dirty {
@@ -721,6 +728,34 @@ mod tests {
         assert_eq!(&raw[..], b"\x81\x02hi");
         let v: serde_json::Value = serde_json::from_slice(&json[2..]).expect("envelope is JSON");
         assert_eq!(v, serde_json::json!({"type":"message","topic":"t","data":"hi"}));
+    }
+
+    #[test]
+    fn a_notice_reaches_json_subscribers_here_and_elsewhere_in_order_and_not_raw_ones() {
+        let (_p, mut mesh0, inboxes) = mesh(2, 0);
+        let mut index = TopicIndex::new(10, 1 << 16);
+        index.subscribe("t", 1, SubKind::Raw).expect("room");
+        index.subscribe("t", 2, SubKind::Json).expect("room");
+        index.set_remote("t", 1, 0, 1);
+        let mut sink = Sink::default();
+        index.publish("t", true, b"a", None, &mut sink, &mut mesh0);
+        assert!(index.publish_notice("t", br#"{"type":"gap","topic":"t"}"#, &mut sink, &mut mesh0));
+        index.publish("t", true, b"b", None, &mut sink, &mut mesh0);
+        assert!(!index.publish_notice("nobody", b"{}", &mut sink, &mut mesh0), "no such topic");
+        index.flush(&mut sink, &mut mesh0);
+        let raw = &sink.0.iter().find(|d| d.0 == 1).expect("raw delivery").1;
+        assert_eq!(&raw[..], b"\x81\x01a\x81\x01b", "raw subscribers get the messages only");
+        let json = &sink.0.iter().find(|d| d.0 == 2).expect("json delivery").1;
+        let text = String::from_utf8_lossy(json);
+        let (a, gap, b) = (text.find("\"a\"").expect("a"), text.find("gap").expect("gap"), text.find("\"b\"").expect("b"));
+        assert!(a < gap && gap < b, "in order with the messages: {text}");
+        let batch = std::iter::from_fn(|| inboxes[1].try_recv())
+            .find_map(|m| match m {
+                MeshMsg::Broadcast(b) => Some(b),
+                _ => None,
+            })
+            .expect("a broadcast to the other worker");
+        assert_eq!(batch.json.as_deref(), Some(&json[..]), "the same frames");
     }
 
     #[test]
