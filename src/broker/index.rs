@@ -731,6 +731,17 @@ mod tests {
     }
 
     #[test]
+    fn a_notice_on_an_idle_topic_takes_its_size_not_a_publish_buffer() {
+        let (_p, mut mesh0, _in) = mesh(1, 0);
+        let mut index = TopicIndex::new(10, 1 << 16);
+        index.subscribe("t", 2, SubKind::Json).expect("room");
+        let notice = br#"{"type":"gap","topic":"t"}"#;
+        assert!(index.publish_notice("t", notice, &mut Sink::default(), &mut mesh0));
+        let id = index.lookup("t").expect("known");
+        assert!(index.topics[id].pend_json.capacity() < 64, "100,000 topics get a notice at once after a reconnection");
+    }
+
+    #[test]
     fn a_notice_reaches_json_subscribers_here_and_elsewhere_in_order_and_not_raw_ones() {
         let (_p, mut mesh0, inboxes) = mesh(2, 0);
         let mut index = TopicIndex::new(10, 1 << 16);
@@ -747,7 +758,8 @@ mod tests {
         assert_eq!(&raw[..], b"\x81\x01a\x81\x01b", "raw subscribers get the messages only");
         let json = &sink.0.iter().find(|d| d.0 == 2).expect("json delivery").1;
         let text = String::from_utf8_lossy(json);
-        let (a, gap, b) = (text.find("\"a\"").expect("a"), text.find("gap").expect("gap"), text.find("\"b\"").expect("b"));
+        let (a, gap, b) =
+            (text.find("\"a\"").expect("a"), text.find("gap").expect("gap"), text.find("\"b\"").expect("b"));
         assert!(a < gap && gap < b, "in order with the messages: {text}");
         let batch = std::iter::from_fn(|| inboxes[1].try_recv())
             .find_map(|m| match m {
