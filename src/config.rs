@@ -270,6 +270,37 @@ impl FromStr for GapPolicy {
     }
 }
 
+/// `cluster.mode`: how the Redis URLs are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Independent instances (Redis or Valkey), topics sharded over them by a hash of the name: PUBLISH and
+    /// SUBSCRIBE. The default.
+    Standalone,
+    /// One Redis Cluster (7+), the URLs its seed nodes: sharded pub/sub (SPUBLISH, SSUBSCRIBE), each channel
+    /// on the master that owns its slot, following MOVED and failover.
+    Sharded,
+}
+
+impl fmt::Display for ClusterMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClusterMode::Standalone => "standalone",
+            ClusterMode::Sharded => "sharded",
+        })
+    }
+}
+
+impl FromStr for ClusterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standalone" => Ok(ClusterMode::Standalone),
+            "sharded" => Ok(ClusterMode::Sharded),
+            other => Err(format!("`{other}` is not a cluster mode (standalone or sharded)")),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -552,7 +583,8 @@ deserialize_via_from_str!(
     AuthModeSetting,
     Listen,
     OverflowPolicy,
-    GapPolicy
+    GapPolicy,
+    ClusterMode
 );
 
 /// How a setting's value is written in TOML (for `--check` and the generated example file).
@@ -594,7 +626,8 @@ toml_quoted!(
     SlowConsumerPolicy,
     AuthModeSetting,
     OverflowPolicy,
-    GapPolicy
+    GapPolicy,
+    ClusterMode
 );
 
 impl TomlValue for List {
@@ -633,7 +666,7 @@ macro_rules! section {
         #[derive(Debug, Default, Clone, clap::Args)]
         #[command(next_help_heading = $heading)]
         pub struct $args {
-            $( $(#[doc = $doc])* #[arg(long $(= $flag)?, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long $(= $flag, id = $flag)?, value_name = stringify!($ty))] pub $field: Option<$ty>, )*
         }
 
         impl $name {
@@ -819,6 +852,9 @@ section! {
         /// Redis (or Valkey) instances, `redis://host:port`; topics are sharded over them by a stable hash of
         /// the name, so every node must list the same instances in the same order (default: empty = off).
         redis_urls: List = List::default(), flag = "cluster-redis-urls";
+        /// standalone (independent instances, PUBLISH/SUBSCRIBE) or sharded (one Redis Cluster 7+ whose seed
+        /// nodes redis_urls lists: SPUBLISH/SSUBSCRIBE on each channel's slot owner) (default standalone).
+        mode: ClusterMode = ClusterMode::Standalone, flag = "cluster-mode";
         /// This node's name in logs, /healthz and the envelope (default: random at each start).
         node_id: String = String::new(), flag = "cluster-node-id";
         /// Prefix of the Redis channel names: a topic `t` is the channel `<prefix>t` (default herald:).

@@ -437,3 +437,37 @@ fn auth_is_enforced_on_every_node_as_on_a_single_one() {
         assert_eq!(next_data(s), Message::text("hello"), "delivered on every node, once");
     }
 }
+
+#[test]
+fn sharded_mode_on_a_redis_cluster_spreads_channels_over_the_masters_and_delivers_exactly() {
+    let masters = Redis::cluster(3);
+    let seed = [masters[0].url()];
+    let sharded = ["--cluster-mode", "sharded"];
+    let (a, b) = (node(&seed, &sharded), node(&seed, &sharded));
+    let (_, _, body) = a.http("GET", "/healthz", &[], b"");
+    let health: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(health["cluster"]["shards"].as_array().map(Vec::len), Some(3), "every master found from one seed");
+    let topics: Vec<String> = (0..30).map(|i| format!("z{i}")).collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut sub = ws_subscriber(&b, &names);
+    let on = |m: &Redis| m.shard_channels("herald:z*");
+    assert!(
+        wait_until(Duration::from_secs(10), || masters.iter().map(on).sum::<usize>() == 30),
+        "every topic SSUBSCRIBEd on its slot's master"
+    );
+    assert!(masters.iter().all(|m| on(m) > 0), "channels on every master");
+    let mut post = HttpConn::open(a.addr);
+    for i in 0..5 {
+        for t in &topics {
+            let (status, _, _) = post.request("POST", &format!("/publish/{t}"), TEXT, format!("{t}.{i}").as_bytes());
+            assert_eq!(status, 200);
+        }
+    }
+    let keys: Vec<String> = (0..150)
+        .map(|_| key_of_envelope(&serde_json::from_str(next_data(&mut sub).to_text().expect("text")).expect("JSON")))
+        .collect();
+    assert_exact_in_order(&keys, &topics, 5, "subscriber of 30 topics");
+    sub.get_ref().set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    assert!(sub.read().is_err(), "nothing twice");
+    assert_eq!(a.metric("herald_cluster_publishes_total{result=\"sent\"}"), 150, "SPUBLISH, none refused");
+}

@@ -26,9 +26,10 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::envelope::{self, Header, Kind, Order};
 use super::resp::{self, Value};
+use super::slots::{self, Topology};
 use super::{shard, ClusterError, ClusterState, ForeignPublish, Outgoing, RedisUrl, ToBridge, WorkerLink};
 use crate::broker::mesh::{MeshMsg, PeerHandle};
-use crate::config::{Config, GapPolicy};
+use crate::config::{ClusterMode, Config, GapPolicy};
 use crate::metrics::{Counters, Metric};
 use crate::server::worker::Shared;
 
@@ -75,10 +76,19 @@ pub fn spawn(
     drop(tx);
     let prefix = c.channel_prefix.as_bytes().to_vec();
     let now = Instant::now();
-    let shards =
-        urls.into_iter().enumerate().map(|(i, url)| Shard::new(url, probe_channel(&prefix, node, i), now)).collect();
+    let sharded = c.mode == ClusterMode::Sharded;
+    let verbs = if sharded { SHARDED } else { CLASSIC };
+    // Sharded mode: the masters, if a seed answers now (else the seeds stand in until one does).
+    let topology = if sharded { fetch_topology(&urls, &password, &c.username, c.connect_timeout.0) } else { None };
+    let instances = topology.as_ref().map_or(urls.clone(), |t| t.masters.clone());
+    state.set_instances(&instances);
+    let shards = instances
+        .into_iter()
+        .enumerate()
+        .map(|(i, url)| Shard::new(url, probe_channel(&prefix, node, i, topology.as_ref()), now))
+        .collect();
     let workers = peers.len();
-    let bridge = Bridge {
+    let mut bridge = Bridge {
         poll,
         rx,
         pending,
@@ -98,11 +108,20 @@ pub fn spawn(
         shared,
         slot,
         rng: node | 1,
+        refresh: sharded && topology.is_none(),
+        next_refresh: now,
+        topology,
+        seeds: urls,
+        verbs,
         next_sweep: now + SEQ_IDLE,
         max_bulk: cfg.limits.max_message_size.bytes() + envelope::HEADER + 1024,
         cfg,
         paused: false,
     };
+    if bridge.refresh {
+        tracing::warn!("cluster: no seed node answered CLUSTER SLOTS; retrying");
+    }
+    bridge.metrics.set(Metric::ClusterShards, bridge.shards.len() as u64);
     let thread = std::thread::Builder::new().name("herald-cluster".into()).spawn(move || bridge.run())?;
     Ok((links, thread))
 }
@@ -133,11 +152,65 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// The commands and pushes of one pub/sub flavour.
+#[derive(Debug, Clone, Copy)]
+struct Verbs {
+    publish: &'static [u8],
+    subscribe: &'static [u8],
+    unsubscribe: &'static [u8],
+    message: &'static [u8],
+    subscribed: &'static [u8],
+    unsubscribed: &'static [u8],
+}
+
+/// Classic pub/sub (standalone instances).
+const CLASSIC: Verbs = Verbs {
+    publish: b"PUBLISH",
+    subscribe: b"SUBSCRIBE",
+    unsubscribe: b"UNSUBSCRIBE",
+    message: b"message",
+    subscribed: b"subscribe",
+    unsubscribed: b"unsubscribe",
+};
+
+/// Sharded pub/sub (Redis Cluster 7+): each channel lives on its slot's master only.
+const SHARDED: Verbs = Verbs {
+    publish: b"SPUBLISH",
+    subscribe: b"SSUBSCRIBE",
+    unsubscribe: b"SUNSUBSCRIBE",
+    message: b"smessage",
+    subscribed: b"ssubscribe",
+    unsubscribed: b"sunsubscribe",
+};
+
+/// Asks each node in turn for the cluster's topology.
+fn fetch_topology(nodes: &[RedisUrl], password: &Option<String>, user: &str, timeout: Duration) -> Option<Topology> {
+    let auth = password.as_deref().map(|pw| (user, pw));
+    for n in nodes {
+        match Topology::fetch(n, auth, timeout) {
+            Ok(t) if !t.masters.is_empty() => return Some(t),
+            Ok(_) => tracing::warn!(node = %n, "cluster: CLUSTER SLOTS lists no master"),
+            Err(e) => tracing::warn!(node = %n, "cluster: cannot read the topology: {e}"),
+        }
+    }
+    None
+}
+
 /// The probe channel of shard `i` of node `node`: `/` and `#` are outside the topic charset, so no topic's
 /// channel can be it.
-fn probe_channel(prefix: &[u8], node: u64, i: usize) -> Vec<u8> {
+fn probe_channel(prefix: &[u8], node: u64, i: usize, topology: Option<&Topology>) -> Vec<u8> {
     let mut c = prefix.to_vec();
     c.extend_from_slice(format!("#probe/{node:016x}/{i}").as_bytes());
+    let Some(t) = topology else { return c };
+    // Sharded mode: a name whose slot this master owns (a third of names or so for three masters).
+    let base = c.len();
+    for n in 0u32..100_000 {
+        c.truncate(base);
+        c.extend_from_slice(format!("/{n}").as_bytes());
+        if t.master_of(&c) == Some(i) {
+            break;
+        }
+    }
     c
 }
 
@@ -296,6 +369,14 @@ struct Bridge {
     shared: Arc<Shared>,
     slot: usize,
     rng: u64,
+    /// Sharded mode: the topology must be read again (MOVED, an unrequested SUNSUBSCRIBE, a lost master).
+    refresh: bool,
+    next_refresh: Instant,
+    /// Sharded mode: the slots' owners (None in standalone mode, or until a seed answers).
+    topology: Option<Topology>,
+    /// The configured URLs (sharded mode: where the topology is asked, after the current masters).
+    seeds: Vec<RedisUrl>,
+    verbs: Verbs,
     next_sweep: Instant,
     max_bulk: usize,
     cfg: Arc<Config>,
@@ -391,18 +472,31 @@ impl Bridge {
         }
     }
 
+    /// The shard that carries `topic`: its slot's master (sharded mode), or by the stable hash.
+    fn shard_for(&self, topic: &str) -> usize {
+        match &self.topology {
+            Some(t) => {
+                let mut channel = Vec::with_capacity(self.prefix.len() + topic.len());
+                channel.extend_from_slice(&self.prefix);
+                channel.extend_from_slice(topic.as_bytes());
+                t.master_of(&channel).unwrap_or(0).min(self.shards.len().saturating_sub(1))
+            }
+            None => shard::shard_of(topic, self.shards.len()),
+        }
+    }
+
     fn enqueue(&mut self, out: Outgoing, now: Instant) {
         let entry = self.seq_out.entry(out.topic.clone()).or_insert((0, now));
         entry.0 = entry.0.wrapping_add(1 + u64::from(out.skipped));
         entry.1 = now;
         let header = Header { kind: out.kind, origin: self.node, seq: entry.0 }.encode();
-        let s = shard::shard_of(&out.topic, self.shards.len());
+        let s = self.shard_for(&out.topic);
         self.shards[s].queue.push_back((header, out));
     }
 
     fn interest(&mut self, topic: Arc<str>, worker: usize, on: bool, now: Instant) {
         let bit = 1u64 << (worker % 64);
-        let s = shard::shard_of(&topic, self.shards.len());
+        let s = self.shard_for(&topic);
         let state = self.topics.entry(topic.clone()).or_insert(TopicState { workers: 0 });
         if on {
             state.workers |= bit;
@@ -424,7 +518,7 @@ impl Bridge {
             if self.topics.get(&topic).is_some_and(|t| t.workers == 0) {
                 self.topics.remove(&topic);
                 self.seq_in.remove(&topic);
-                let s = shard::shard_of(&topic, self.shards.len());
+                let s = self.shard_for(&topic);
                 let shard = &mut self.shards[s];
                 if shard.channels.remove(&topic) {
                     shard.to_unsub.push(topic);
@@ -435,6 +529,9 @@ impl Bridge {
             self.next_sweep = now + SEQ_IDLE / 4;
             self.seq_out.retain(|_, (_, last)| now.duration_since(*last) < SEQ_IDLE);
             self.seq_out.shrink_to_fit();
+        }
+        if self.refresh && now >= self.next_refresh {
+            self.refresh_topology(now);
         }
         let c = &self.cfg.cluster;
         let (probe_interval, probe_timeout) = (c.probe_interval.0, c.probe_timeout.0);
@@ -464,7 +561,7 @@ impl Bridge {
                     shard.probe = Some((shard.probe_token, now));
                     shard.next_probe = now + probe_interval;
                     let header = Header { kind: Kind::Probe, origin: self.node, seq: shard.probe_token }.encode();
-                    resp::command(&mut shard.publ.out, &[&[b"PUBLISH"], &[&shard.probe_channel], &[&header]]);
+                    resp::command(&mut shard.publ.out, &[&[self.verbs.publish], &[&shard.probe_channel], &[&header]]);
                     shard.publ.awaiting.push_back(true);
                 }
                 _ => {}
@@ -504,11 +601,11 @@ impl Bridge {
             }
         }
         resp::command_args(&mut shard.publ.out, &[b"PING"]);
-        resp::command_args(&mut shard.sub.out, &[b"SUBSCRIBE", &shard.probe_channel]);
+        resp::command_args(&mut shard.sub.out, &[self.verbs.subscribe, &shard.probe_channel]);
         shard.to_sub.clear();
         shard.to_unsub.clear();
         let all: Vec<Arc<str>> = shard.channels.iter().cloned().collect();
-        write_batches(&mut shard.sub.out, b"SUBSCRIBE", &self.prefix, &all);
+        write_batches(&mut shard.sub.out, self.verbs.subscribe, &self.prefix, &all, self.topology.is_some());
         shard.resub_left = all.len();
         shard.gap_topics = if shard.was_up { all } else { Vec::new() };
         if shard.was_up {
@@ -519,6 +616,58 @@ impl Bridge {
         }
         tracing::debug!(shard = s, redis = %shard.url, "cluster: connecting");
         Ok(())
+    }
+
+    /// Sharded mode: reads the topology again (current masters first, then the seeds) and, when it changed,
+    /// moves every channel and waiting publish to its slot's new master.
+    fn refresh_topology(&mut self, now: Instant) {
+        let c = &self.cfg.cluster;
+        let mut nodes: Vec<RedisUrl> = self.shards.iter().map(|s| s.url.clone()).collect();
+        nodes.extend(self.seeds.iter().cloned());
+        nodes.dedup();
+        let Some(topology) = fetch_topology(&nodes, &self.password, &c.username, c.connect_timeout.0) else {
+            self.next_refresh = now + BACKOFF_MIN * 5;
+            return;
+        };
+        self.refresh = false;
+        if self.topology.as_ref() == Some(&topology) {
+            return;
+        }
+        tracing::info!(masters = topology.masters.len(), "cluster: topology changed; moving channels");
+        let mut queued = Vec::new();
+        let mut was_up = false;
+        for shard in &mut self.shards {
+            for link in [&mut shard.publ, &mut shard.sub] {
+                if let Some(mut stream) = link.stream.take() {
+                    let _ = self.poll.registry().deregister(&mut stream);
+                }
+            }
+            let lost = shard.publ.awaiting.iter().filter(|&&probe| !probe).count();
+            self.metrics.add(Metric::ClusterPublishesFailed, lost as u64);
+            was_up |= shard.up || shard.was_up;
+            queued.extend(shard.queue.drain(..));
+        }
+        self.state.set_instances(&topology.masters);
+        self.shards = topology
+            .masters
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Shard::new(url.clone(), probe_channel(&self.prefix, self.node, i, Some(&topology)), now))
+            .collect();
+        self.topology = Some(topology);
+        for shard in &mut self.shards {
+            shard.was_up = was_up;
+        }
+        let topics: Vec<Arc<str>> = self.topics.keys().cloned().collect();
+        for t in topics {
+            let s = self.shard_for(&t);
+            self.shards[s].channels.insert(t);
+        }
+        for (header, out) in queued {
+            let s = self.shard_for(&out.topic);
+            self.shards[s].queue.push_back((header, out));
+        }
+        self.metrics.set(Metric::ClusterShards, self.shards.len() as u64);
     }
 
     /// Drops shard `s`'s links after `why` and schedules a reconnection with backoff and jitter.
@@ -543,6 +692,8 @@ impl Bridge {
             tracing::warn!(shard = s, redis = %shard.url, attempt = shard.attempt, "cluster: cannot connect ({why})");
         }
         shard.was_up |= shard.up || shard.was_up;
+        // Sharded mode: a lost master may have failed over to a replica.
+        self.refresh |= self.topology.is_some() || self.cfg.cluster.mode == ClusterMode::Sharded;
         shard.up = false;
         shard.probe = None;
         shard.connect_deadline = None;
@@ -579,7 +730,10 @@ impl Bridge {
         while shard.publ.out.len() < OUT_CAP {
             let Some((header, out)) = shard.queue.pop_front() else { break };
             let topic = out.topic.as_bytes();
-            resp::command(&mut shard.publ.out, &[&[b"PUBLISH"], &[&self.prefix, topic], &[&header, &out.payload]]);
+            resp::command(
+                &mut shard.publ.out,
+                &[&[self.verbs.publish], &[&self.prefix, topic], &[&header, &out.payload]],
+            );
             shard.publ.awaiting.push_back(false);
             moved += 1;
         }
@@ -589,12 +743,12 @@ impl Bridge {
         if !shard.to_unsub.is_empty() {
             let gone: Vec<Arc<str>> =
                 std::mem::take(&mut shard.to_unsub).into_iter().filter(|t| !shard.channels.contains(t)).collect();
-            write_batches(&mut shard.sub.out, b"UNSUBSCRIBE", &self.prefix, &gone);
+            write_batches(&mut shard.sub.out, self.verbs.unsubscribe, &self.prefix, &gone, self.topology.is_some());
         }
         if !shard.to_sub.is_empty() {
             let new: Vec<Arc<str>> =
                 std::mem::take(&mut shard.to_sub).into_iter().filter(|t| shard.channels.contains(t)).collect();
-            write_batches(&mut shard.sub.out, b"SUBSCRIBE", &self.prefix, &new);
+            write_batches(&mut shard.sub.out, self.verbs.subscribe, &self.prefix, &new, self.topology.is_some());
         }
         shard.publ.flush()?;
         shard.sub.flush()?;
@@ -673,8 +827,15 @@ impl Bridge {
             Value::Integer(_) if probe => {}
             Value::Integer(_) => self.metrics.inc(Metric::ClusterPublishesSent),
             Value::Error(e) => {
-                self.metrics.inc(Metric::ClusterPublishesFailed);
-                tracing::warn!(shard = s, "cluster: PUBLISH refused: {}", String::from_utf8_lossy(e));
+                if !probe {
+                    self.metrics.inc(Metric::ClusterPublishesFailed);
+                }
+                if self.topology.is_some() && (e.starts_with(b"MOVED") || e.starts_with(b"ASK")) {
+                    // The slot moved: lost like any publish during a topology change; read the new one.
+                    self.refresh = true;
+                } else {
+                    tracing::warn!(shard = s, "cluster: PUBLISH refused: {}", String::from_utf8_lossy(e));
+                }
             }
             _ => {}
         }
@@ -682,13 +843,30 @@ impl Bridge {
 
     /// A push on the subscribe link: a message, or a (un)subscribe confirmation.
     fn on_push(&mut self, s: usize, value: Value, now: Instant) {
-        let Value::Array(mut parts) = value else { return };
-        if parts.len() < 3 {
-            return;
-        }
+        let mut parts = match value {
+            Value::Array(parts) if parts.len() >= 3 => parts,
+            Value::Error(e) => {
+                // Sharded mode: SSUBSCRIBE to a node that no longer owns the slot (MOVED).
+                tracing::debug!(shard = s, "cluster: subscribe refused: {}", String::from_utf8_lossy(&e));
+                self.refresh |= self.topology.is_some();
+                return;
+            }
+            _ => return,
+        };
         let Some(kind) = parts[0].as_bytes().cloned() else { return };
+        let verbs = self.verbs;
         match &kind[..] {
-            b"message" => {
+            k if k == verbs.unsubscribed => {
+                // A channel we still want, unsubscribed by Redis: its slot moved (sharded mode).
+                let wanted = parts[1]
+                    .as_bytes()
+                    .and_then(|c| c.strip_prefix(&self.prefix[..]))
+                    .is_some_and(|t| std::str::from_utf8(t).is_ok_and(|t| self.shards[s].channels.contains(t)));
+                if wanted && self.topology.is_some() {
+                    self.refresh = true;
+                }
+            }
+            k if k == verbs.message => {
                 let payload = match parts.pop() {
                     Some(Value::Bulk(b)) => b,
                     _ => return,
@@ -696,7 +874,7 @@ impl Bridge {
                 let Some(channel) = parts.pop().and_then(|v| v.as_bytes().cloned()) else { return };
                 self.on_message(s, &channel, payload, now);
             }
-            b"subscribe" => {
+            k if k == verbs.subscribed => {
                 let shard = &mut self.shards[s];
                 if shard.resub_left > 0 && parts[1].as_bytes().is_some_and(|c| c[..] != shard.probe_channel[..]) {
                     shard.resub_left -= 1;
@@ -857,17 +1035,36 @@ impl Bridge {
     }
 }
 
-/// Appends SUBSCRIBE or UNSUBSCRIBE commands for `topics`' channels, [`SUB_BATCH`] channels per command.
-fn write_batches(out: &mut BytesMut, verb: &[u8], prefix: &[u8], topics: &[Arc<str>]) {
-    for chunk in topics.chunks(SUB_BATCH) {
-        let channels: Vec<[&[u8]; 2]> = chunk.iter().map(|t| [prefix, t.as_bytes()]).collect();
-        let mut args: Vec<&[&[u8]]> = Vec::with_capacity(chunk.len() + 1);
-        let verb_parts: [&[u8]; 1] = [verb];
-        args.push(&verb_parts);
-        for c in &channels {
-            args.push(c);
+/// Appends SUBSCRIBE or UNSUBSCRIBE commands for `topics`' channels, [`SUB_BATCH`] channels per command. With
+/// `by_slot` (sharded pub/sub) one command holds channels of one slot only, as Redis Cluster requires.
+fn write_batches(out: &mut BytesMut, verb: &[u8], prefix: &[u8], topics: &[Arc<str>], by_slot: bool) {
+    let channel = |t: &Arc<str>| [prefix, t.as_bytes()].concat();
+    let mut groups: Vec<&[Arc<str>]> = Vec::new();
+    let mut sorted: Vec<Arc<str>>;
+    if by_slot {
+        sorted = topics.to_vec();
+        sorted.sort_by_cached_key(|t| slots::slot_of(&channel(t)));
+        let mut start = 0;
+        for i in 1..=sorted.len() {
+            if i == sorted.len() || slots::slot_of(&channel(&sorted[i])) != slots::slot_of(&channel(&sorted[start])) {
+                groups.push(&sorted[start..i]);
+                start = i;
+            }
         }
-        resp::command(out, &args);
+    } else {
+        groups.push(topics);
+    }
+    for group in groups {
+        for chunk in group.chunks(SUB_BATCH) {
+            let channels: Vec<[&[u8]; 2]> = chunk.iter().map(|t| [prefix, t.as_bytes()]).collect();
+            let mut args: Vec<&[&[u8]]> = Vec::with_capacity(chunk.len() + 1);
+            let verb_parts: [&[u8]; 1] = [verb];
+            args.push(&verb_parts);
+            for c in &channels {
+                args.push(c);
+            }
+            resp::command(out, &args);
+        }
     }
 }
 
@@ -892,7 +1089,7 @@ mod tests {
     fn subscriptions_are_batched_into_few_commands() {
         let topics: Vec<Arc<str>> = (0..1100).map(|i| Arc::from(format!("t{i}"))).collect();
         let mut out = BytesMut::new();
-        write_batches(&mut out, b"SUBSCRIBE", b"h:", &topics);
+        write_batches(&mut out, b"SUBSCRIBE", b"h:", &topics, false);
         let mut commands = 0;
         let mut channels = 0;
         while let Some(Value::Array(args)) = resp::decode(&mut out, 1 << 20).expect("valid RESP") {
@@ -906,7 +1103,7 @@ mod tests {
 
     #[test]
     fn probe_channels_cannot_be_topic_channels() {
-        let c = probe_channel(b"herald:", 0xab, 1);
+        let c = probe_channel(b"herald:", 0xab, 1, None);
         let name = std::str::from_utf8(&c[7..]).expect("ascii");
         assert!(crate::broker::topic::validate(name).is_err(), "{name} must be outside the topic charset");
     }

@@ -2,7 +2,8 @@
 //!
 //! - [`resp`]: the RESP2 codec (sans-IO), pipelined commands.
 //! - [`envelope`]: the binary envelope a message crosses Redis in, and the sequence check.
-//! - [`shard`]: which Redis instance carries a topic.
+//! - [`shard`]: which Redis instance carries a topic (standalone mode).
+//! - [`slots`]: Redis Cluster slots and topology (sharded mode).
 //! - [`bridge`]: the one thread per node that owns the Redis connections.
 //!
 //! A worker hands each publish it accepts to the bridge through a [`WorkerLink`] (after delivering it locally
@@ -14,10 +15,11 @@ pub mod bridge;
 pub mod envelope;
 pub mod resp;
 pub mod shard;
+pub mod slots;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
@@ -131,48 +133,53 @@ pub struct ClusterState {
     pub node: String,
     /// Whether `/healthz` answers 503 while degraded.
     pub strict: bool,
-    /// One entry per Redis instance, in `redis_urls` order.
-    pub shards: Vec<ShardState>,
-}
-
-/// One Redis instance's state.
-#[derive(Debug)]
-pub struct ShardState {
-    /// `host:port`.
-    pub redis: String,
-    up: AtomicBool,
+    /// One entry per Redis instance (`host:port`, up), in shard order: the configured URLs, or in sharded
+    /// mode the cluster's masters (they change with the topology). Read per `/healthz`, written per link
+    /// change: never on the message path.
+    shards: Mutex<Vec<(String, bool)>>,
 }
 
 impl ClusterState {
     /// The state of a node named `node` over these instances, every link down until the bridge connects.
     pub fn new(id: u64, node: String, strict: bool, urls: &[RedisUrl]) -> ClusterState {
-        let shards = urls.iter().map(|u| ShardState { redis: u.to_string(), up: AtomicBool::new(false) }).collect();
-        ClusterState { id, node, strict, shards }
+        let shards = urls.iter().map(|u| (u.to_string(), false)).collect();
+        ClusterState { id, node, strict, shards: Mutex::new(shards) }
+    }
+
+    fn shards(&self) -> std::sync::MutexGuard<'_, Vec<(String, bool)>> {
+        // A panic while holding this lock leaves plain data behind: keep using it.
+        self.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the instances (sharded mode, after a topology change), all down.
+    pub fn set_instances(&self, urls: &[RedisUrl]) {
+        *self.shards() = urls.iter().map(|u| (u.to_string(), false)).collect();
     }
 
     /// Records whether instance `shard` is reachable (both links up).
     pub fn set_up(&self, shard: usize, up: bool) {
-        if let Some(s) = self.shards.get(shard) {
-            s.up.store(up, Ordering::Relaxed);
+        if let Some(s) = self.shards().get_mut(shard) {
+            s.1 = up;
         }
     }
 
-    /// Whether any instance is unreachable.
+    /// Whether any instance is unreachable (or none is known).
     pub fn degraded(&self) -> bool {
-        self.shards.iter().any(|s| !s.up.load(Ordering::Relaxed))
+        let shards = self.shards();
+        shards.is_empty() || shards.iter().any(|s| !s.1)
     }
 
     /// The `"cluster"` member of `/healthz`.
     pub fn healthz_json(&self) -> String {
+        let state = if self.degraded() { "degraded" } else { "ok" };
         let shards: Vec<String> = self
-            .shards
+            .shards()
             .iter()
-            .map(|s| {
-                let state = if s.up.load(Ordering::Relaxed) { "ok" } else { "degraded" };
-                format!("{{\"redis\":{},\"state\":\"{state}\"}}", json_string(&s.redis))
+            .map(|(redis, up)| {
+                let state = if *up { "ok" } else { "degraded" };
+                format!("{{\"redis\":{},\"state\":\"{state}\"}}", json_string(redis))
             })
             .collect();
-        let state = if self.degraded() { "degraded" } else { "ok" };
         format!("{{\"node\":{},\"state\":\"{state}\",\"shards\":[{}]}}", json_string(&self.node), shards.join(","))
     }
 }

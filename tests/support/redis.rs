@@ -39,6 +39,43 @@ impl Redis {
 
     /// Starts one on `port` (again, after [`Redis::kill`]), with `password` required when given.
     pub fn start_with(port: u16, password: Option<String>) -> Redis {
+        Redis::start_args(port, password, &[])
+    }
+
+    /// Starts `n` cluster-enabled instances and makes them one Redis Cluster of `n` masters (no replicas),
+    /// with `redis-cli --cluster create`; returns once every node says `cluster_state:ok`.
+    pub fn cluster(n: usize) -> Vec<Redis> {
+        let nodes: Vec<Redis> = (0..n)
+            .map(|_| {
+                let (port, bus) = (free_port(), free_port());
+                let bus = bus.to_string();
+                Redis::start_args(port, None, &["--cluster-enabled", "yes", "--cluster-port", &bus])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli (same package as redis-server)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for r in &nodes {
+            while !r
+                .try_command(&["CLUSTER", "INFO"])
+                .is_ok_and(|i| String::from_utf8_lossy(&i).contains("cluster_state:ok"))
+            {
+                assert!(Instant::now() < deadline, "the cluster did not reach cluster_state:ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        nodes
+    }
+
+    fn start_args(port: u16, password: Option<String>, extra: &[&str]) -> Redis {
         let dir = std::env::temp_dir().join(format!("herald-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut cmd = Command::new(binary());
@@ -53,6 +90,7 @@ impl Redis {
         if let Some(pw) = &password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(extra);
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
             panic!("cannot start {} ({e}): install it (apt-get install redis-server; .ci/run does)", binary())
         });
@@ -142,6 +180,13 @@ impl Redis {
         // *2\r\n$len\r\nchannel\r\n:N\r\n
         let text = String::from_utf8_lossy(&reply);
         text.lines().find_map(|l| l.strip_prefix(':')).and_then(|n| n.trim().parse().ok()).expect("an integer")
+    }
+
+    /// Shard channels (sharded pub/sub) with subscribers on this node, matching `pattern`.
+    pub fn shard_channels(&self, pattern: &str) -> usize {
+        let reply = self.try_command(&["PUBSUB", "SHARDCHANNELS", pattern]).expect("PUBSUB SHARDCHANNELS");
+        let text = String::from_utf8_lossy(&reply);
+        text.lines().next().and_then(|l| l.strip_prefix('*')).and_then(|n| n.trim().parse().ok()).expect("array")
     }
 
     /// Channels with at least one subscriber (PUBSUB NUMPAT aside), matching `pattern`.
