@@ -172,6 +172,7 @@ fn every_publish_path_on_every_node_reaches_every_subscriber_on_every_node_once_
         assert_eq!(own, (N * paths.len()) as u64, "every publish crossed Redis once");
         assert_eq!(n.metric("herald_cluster_foreign_messages_total"), (2 * N * paths.len()) as u64);
         assert_eq!(n.metric("herald_cluster_gaps_total"), 0);
+        assert_eq!(n.metric(&format!("herald_cluster_link_up{{redis=\"127.0.0.1:{}\"}}", redis.port)), 1);
     }
 }
 
@@ -328,6 +329,8 @@ fn a_stalled_redis_is_noticed_and_the_queue_stays_bounded_under_either_overflow_
             "the probe notices the stall and /healthz says so"
         );
         assert!(n.metric("herald_cluster_reconnects_total") >= 1);
+        let link = format!("herald_cluster_link_up{{redis=\"127.0.0.1:{}\"}}", redis.port);
+        assert_eq!(n.metric(&link), 0, "the link state per instance says so too");
     }
     let (mut accepted, mut refused) = (Vec::new(), 0u64);
     let mut post = HttpConn::open(rejecting.addr);

@@ -169,6 +169,19 @@ impl ClusterState {
         shards.is_empty() || shards.iter().any(|s| !s.1)
     }
 
+    /// The per-instance link state for `/metrics` (Prometheus text): `herald_cluster_link_up{redis="host:port"}`
+    /// 1 while both links to that instance are up, else 0.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# HELP herald_cluster_link_up Links to each Redis instance up (1) or not (0).\n\
+             # TYPE herald_cluster_link_up gauge\n",
+        );
+        for (redis, up) in self.shards().iter() {
+            out.push_str(&format!("herald_cluster_link_up{{redis={}}} {}\n", json_string(redis), u8::from(*up)));
+        }
+        out
+    }
+
     /// The `"cluster"` member of `/healthz`.
     pub fn healthz_json(&self) -> String {
         let state = if self.degraded() { "degraded" } else { "ok" };
@@ -358,6 +371,8 @@ mod tests {
             serde_json::json!({"node":"n1","state":"degraded","shards":[
                 {"redis":"a:1","state":"ok"},{"redis":"b:2","state":"degraded"}]})
         );
+        assert!(s.metrics_text().contains("herald_cluster_link_up{redis=\"a:1\"} 1\n"));
+        assert!(s.metrics_text().contains("herald_cluster_link_up{redis=\"b:2\"} 0\n"));
         s.set_up(1, true);
         assert!(!s.degraded());
     }

@@ -353,7 +353,10 @@ impl Worker {
             }
             Route::Metrics => {
                 self.metrics.publish(&self.shared.slots[self.id]);
-                let body = metrics::render(&self.shared.slots);
+                let mut body = metrics::render(&self.shared.slots);
+                if let Some(c) = &self.shared.cluster {
+                    body.push_str(&c.metrics_text());
+                }
                 self.respond(key, 200, "text/plain; version=0.0.4", body.as_bytes(), close);
             }
             _ => {
