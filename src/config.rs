@@ -234,6 +234,96 @@ impl FromStr for SlowConsumerPolicy {
     }
 }
 
+/// `cluster.on_overflow`: what a publish meets when the queue to Redis holds `cluster.max_pending` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Deliver it locally, do not send it to Redis (counted; the other nodes see a gap). The default.
+    Drop,
+    /// Refuse it: `/ws` error reply, `POST` 503, `/pub` close 1013.
+    Reject,
+}
+
+impl fmt::Display for OverflowPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverflowPolicy::Drop => "drop",
+            OverflowPolicy::Reject => "reject",
+        })
+    }
+}
+
+impl FromStr for OverflowPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop" => Ok(OverflowPolicy::Drop),
+            "reject" => Ok(OverflowPolicy::Reject),
+            other => Err(format!("`{other}` is not an overflow policy (drop or reject)")),
+        }
+    }
+}
+
+/// `cluster.on_gap`: what raw `/sub` subscribers get when messages of their topic from another node were lost
+/// (`/ws` subscribers always get a `gap` notice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapPolicy {
+    /// Nothing (the gap is counted). The default.
+    Ignore,
+    /// Close the connection with 4410 "messages lost", so the client reconnects and resyncs.
+    Close,
+}
+
+impl fmt::Display for GapPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GapPolicy::Ignore => "ignore",
+            GapPolicy::Close => "close",
+        })
+    }
+}
+
+impl FromStr for GapPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ignore" => Ok(GapPolicy::Ignore),
+            "close" => Ok(GapPolicy::Close),
+            other => Err(format!("`{other}` is not a gap policy (ignore or close)")),
+        }
+    }
+}
+
+/// `cluster.mode`: how the Redis URLs are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Independent instances (Redis or Valkey), topics sharded over them by a hash of the name: PUBLISH and
+    /// SUBSCRIBE. The default.
+    Standalone,
+    /// One Redis Cluster (7+), the URLs its seed nodes: sharded pub/sub (SPUBLISH, SSUBSCRIBE), each channel
+    /// on the master that owns its slot, following MOVED and failover.
+    Sharded,
+}
+
+impl fmt::Display for ClusterMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClusterMode::Standalone => "standalone",
+            ClusterMode::Sharded => "sharded",
+        })
+    }
+}
+
+impl FromStr for ClusterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standalone" => Ok(ClusterMode::Standalone),
+            "sharded" => Ok(ClusterMode::Sharded),
+            other => Err(format!("`{other}` is not a cluster mode (standalone or sharded)")),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -507,7 +597,19 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(Size, Dur, SlowConsumerPolicy, LogFormat, CpuList, AuthModeSetting, Listen, OptListen);
+deserialize_via_from_str!(
+    Size,
+    Dur,
+    SlowConsumerPolicy,
+    LogFormat,
+    CpuList,
+    AuthModeSetting,
+    Listen,
+    OptListen,
+    OverflowPolicy,
+    GapPolicy,
+    ClusterMode
+);
 
 /// How a setting's value is written in TOML (for `--check` and the generated example file).
 trait TomlValue {
@@ -538,7 +640,20 @@ toml_bare!(usize, u64, u32, u8, bool);
 macro_rules! toml_quoted {
     ($($t:ty),*) => {$( impl TomlValue for $t { fn toml(&self) -> String { toml_string(&self.to_string()) } } )*};
 }
-toml_quoted!(String, Size, Dur, Listen, OptListen, CpuList, LogFormat, SlowConsumerPolicy, AuthModeSetting);
+toml_quoted!(
+    String,
+    Size,
+    Dur,
+    Listen,
+    OptListen,
+    CpuList,
+    LogFormat,
+    SlowConsumerPolicy,
+    AuthModeSetting,
+    OverflowPolicy,
+    GapPolicy,
+    ClusterMode
+);
 
 impl TomlValue for List {
     fn toml(&self) -> String {
@@ -791,13 +906,55 @@ section! {
     }
 }
 
+section! {
+    /// Several nodes over Redis Pub/Sub (`[cluster]`). Off while redis_urls is empty: a single node, no Redis.
+    /// The Redis password is read from a file or an environment variable named here, never given as a value.
+    Cluster, ClusterFile, ClusterArgs, "Cluster" {
+        /// Redis (or Valkey) instances, `redis://host:port`; topics are sharded over them by a stable hash of
+        /// the name, so every node must list the same instances in the same order (default: empty = off).
+        redis_urls: List = List::default(), flag = "cluster-redis-urls";
+        /// standalone (independent instances, PUBLISH/SUBSCRIBE) or sharded (one Redis Cluster 7+ whose seed
+        /// nodes redis_urls lists: SPUBLISH/SSUBSCRIBE on each channel's slot owner) (default standalone).
+        mode: ClusterMode = ClusterMode::Standalone, flag = "cluster-mode";
+        /// This node's name in logs, /healthz and the envelope (default: random at each start).
+        node_id: String = String::new(), flag = "cluster-node-id";
+        /// Prefix of the Redis channel names: a topic `t` is the channel `<prefix>t` (default herald:).
+        channel_prefix: String = "herald:".to_string(), flag = "cluster-channel-prefix";
+        /// File holding the Redis password (one trailing newline is dropped).
+        password_file: String = String::new(), flag = "cluster-password-file";
+        /// Environment variable holding the Redis password.
+        password_env: String = String::new(), flag = "cluster-password-env";
+        /// Redis user for AUTH with a password (default: none, the `default` user).
+        username: String = String::new(), flag = "cluster-username";
+        /// Time allowed to connect to Redis and get the first reply (default 2s).
+        connect_timeout: Dur = Dur(Duration::from_secs(2)), flag = "cluster-connect-timeout";
+        /// How often each subscribe connection checks itself with a self-published probe (default 1s).
+        probe_interval: Dur = Dur(Duration::from_secs(1)), flag = "cluster-probe-interval";
+        /// A probe not back within this time marks the link stalled: it is reconnected (default 3s).
+        probe_timeout: Dur = Dur(Duration::from_secs(3)), flag = "cluster-probe-timeout";
+        /// Longest wait between reconnection attempts (backoff doubles from 100ms, with jitter; default 5s).
+        reconnect_max: Dur = Dur(Duration::from_secs(5)), flag = "cluster-reconnect-max";
+        /// Time a topic stays subscribed in Redis after its last local subscriber left (default 5s).
+        unsubscribe_linger: Dur = Dur(Duration::from_secs(5)), flag = "cluster-unsubscribe-linger";
+        /// Most publishes waiting to be written to Redis, over all instances (default 65536).
+        max_pending: usize = 65_536, flag = "cluster-max-pending";
+        /// Past max_pending: drop (deliver locally only, counted; other nodes see a gap) or reject (the publisher
+        /// gets an error: /ws error reply, POST 503, /pub close 1013) (default drop).
+        on_overflow: OverflowPolicy = OverflowPolicy::Drop, flag = "cluster-on-overflow";
+        /// Raw /sub subscribers on a gap: ignore (counted only) or close (4410, to resync) (default ignore).
+        on_gap: GapPolicy = GapPolicy::Ignore, flag = "cluster-on-gap";
+        /// /healthz answers 503 while any Redis instance is unreachable (default false: 200, state degraded).
+        health_503_when_degraded: bool = false, flag = "cluster-health-503-when-degraded";
+    }
+}
+
 /// The top of `herald.example.toml`.
 const EXAMPLE_HEADER: &str = "\
 # herald configuration: every key with its default, generated from the declarations in src/config.rs
 # (`herald --print-defaults > herald.example.toml`). Use with `herald --config FILE`.
 # Precedence: command-line flag, then environment variable, then this file, then the default.
-# Flag: --key-with-dashes (auth keys: --auth-key). Environment: HERALD_<SECTION>_<KEY>, e.g.
-# HERALD_LIMITS_MAX_MESSAGE_SIZE=4MiB. Secrets are never values here: name a file or a variable.
+# Flag: --key-with-dashes (auth keys: --auth-key, cluster keys: --cluster-key). Environment:
+# HERALD_<SECTION>_<KEY>, e.g. HERALD_LIMITS_MAX_MESSAGE_SIZE=4MiB. Secrets are never values here: name a file or a variable.
 # Sizes: 65536, 64KiB, 1MiB, 1GiB (KB/MB/GB are powers of ten). Durations: 500ms, 30s, 2m, 1h.
 
 ";
@@ -817,6 +974,8 @@ pub struct Config {
     pub tls: Tls,
     /// `[compression]`
     pub compression: Compression,
+    /// `[cluster]`
+    pub cluster: Cluster,
 }
 
 /// The TOML file layout.
@@ -829,6 +988,7 @@ struct ConfigFile {
     auth: Option<AuthFile>,
     tls: Option<TlsFile>,
     compression: Option<CompressionFile>,
+    cluster: Option<ClusterFile>,
 }
 
 /// Every command-line flag.
@@ -836,7 +996,7 @@ struct ConfigFile {
 #[command(name = "herald", version, about = "herald: a thread-per-core WebSocket push and broadcast server")]
 pub struct Cli {
     /// Read settings from this TOML file (sections [server], [limits], [timeouts], [auth], [tls],
-    /// [compression]); flags override it.
+    /// [compression], [cluster]); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Do not pin worker threads to cores.
@@ -867,6 +1027,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub compression: CompressionArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
 }
 
 impl Config {
@@ -910,6 +1073,8 @@ impl Config {
         self.tls.render(&mut out, docs);
         out.push_str(gap);
         self.compression.render(&mut out, docs);
+        out.push_str(gap);
+        self.cluster.render(&mut out, docs);
         while out.ends_with("\n\n") {
             out.pop();
         }
@@ -925,6 +1090,7 @@ impl Config {
         config.auth.merge(file.auth, env, &cli.auth)?;
         config.tls.merge(file.tls, env, &cli.tls)?;
         config.compression.merge(file.compression, env, &cli.compression)?;
+        config.cluster.merge(file.cluster, env, &cli.cluster)?;
         if cli.no_pin {
             config.server.pin = false;
         }
@@ -1021,6 +1187,36 @@ impl Config {
         }
         if !(9..=15).contains(&c.window_bits) {
             return Err(invalid("compression.window_bits", "must be between 9 and 15"));
+        }
+        self.cluster.check()
+    }
+}
+
+impl Cluster {
+    /// Whether the cluster is on (any Redis URL configured).
+    pub fn enabled(&self) -> bool {
+        !self.redis_urls.0.is_empty()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        for url in &self.redis_urls.0 {
+            crate::cluster::RedisUrl::parse(url)
+                .map_err(|e| ConfigError::Invalid { key: "cluster.redis_urls", message: e.to_string() })?;
+        }
+        if self.max_pending == 0 {
+            return Err(invalid("cluster.max_pending", "must be at least 1"));
+        }
+        if self.connect_timeout.0.is_zero() || self.probe_interval.0.is_zero() {
+            return Err(invalid("cluster.connect_timeout", "connect_timeout and probe_interval must be more than 0"));
+        }
+        if self.probe_timeout.0 <= self.probe_interval.0 {
+            return Err(invalid("cluster.probe_timeout", "must be longer than cluster.probe_interval"));
+        }
+        if self.reconnect_max.0 < Duration::from_millis(100) {
+            return Err(invalid("cluster.reconnect_max", "must be at least 100ms"));
+        }
+        if !self.password_file.is_empty() && !self.password_env.is_empty() {
+            return Err(invalid("cluster.password_file", "name a file or a variable, not both"));
         }
         Ok(())
     }
@@ -1273,5 +1469,35 @@ mod tests {
         assert!("-1s".parse::<Dur>().is_err());
         assert_eq!("0-2,5".parse::<CpuList>(), Ok(CpuList(vec![0, 1, 2, 5])));
         assert!("3-1".parse::<CpuList>().is_err());
+    }
+
+    #[test]
+    fn without_a_cluster_section_the_node_is_alone() {
+        let c = Config::from_toml("", &cli(&[])).expect("defaults");
+        assert!(!c.cluster.enabled());
+        assert_eq!(c.cluster.channel_prefix, "herald:");
+        assert_eq!(c.cluster.unsubscribe_linger.0, Duration::from_secs(5));
+        assert_eq!((c.cluster.on_overflow, c.cluster.on_gap), (OverflowPolicy::Drop, GapPolicy::Ignore));
+    }
+
+    #[test]
+    fn the_cluster_section_takes_a_list_of_instances_and_its_policies() {
+        let toml = "[cluster]\nredis_urls = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2\"]\n\
+                    on_overflow = \"reject\"\non_gap = \"close\"\nmax_pending = 10\n";
+        let c = Config::from_toml(toml, &cli(&["--cluster-node-id", "edge-1"])).expect("valid");
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.redis_urls.0.len(), 2);
+        assert_eq!((c.cluster.on_overflow, c.cluster.on_gap), (OverflowPolicy::Reject, GapPolicy::Close));
+        assert_eq!((c.cluster.max_pending, c.cluster.node_id.as_str()), (10, "edge-1"));
+    }
+
+    #[test]
+    fn a_redis_url_with_a_password_or_a_bad_policy_is_refused_with_its_key() {
+        let err = Config::from_toml("[cluster]\nredis_urls = \"redis://:pw@h:6379\"\n", &cli(&[])).expect_err("bad");
+        assert!(err.to_string().contains("cluster.redis_urls"), "{err}");
+        assert!(Config::from_toml("[cluster]\non_gap = \"panic\"\n", &cli(&[])).is_err());
+        let err = Config::from_toml("[cluster]\nprobe_timeout = \"1s\"\nprobe_interval = \"2s\"\n", &cli(&[]))
+            .expect_err("probe timeout shorter than the interval");
+        assert!(err.to_string().contains("cluster.probe_timeout"), "{err}");
     }
 }

@@ -7,10 +7,12 @@
 //! - [`server`]: the I/O side: listeners, one `mio` loop per worker, connections and outboxes.
 //! - [`config`]: every setting, its default and its documentation, once.
 //! - [`metrics`]: per-worker counters and the Prometheus text rendering.
+//! - [`cluster`]: several nodes over Redis Pub/Sub: the RESP codec, the envelope, the bridge thread.
 //! - [`tls`]: sans-IO TLS (rustls): certificate loading and a per-connection transport, bytes in and out.
 #![deny(unsafe_code, missing_docs)]
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod metrics;

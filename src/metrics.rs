@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Declares every series once: variant, family name, kind, labels and help text.
 macro_rules! series {
     ( $( $variant:ident => $family:literal, $kind:ident, $labels:literal, $help:literal; )* ) => {
-        /// One metric series. Counters only grow; gauges are per worker and rendered with a `worker` label.
+        /// One metric series. Counters only grow; gauges are per worker and rendered with a `worker` label, except
+        /// node gauges (one value for the process).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
         #[allow(missing_docs)]
@@ -29,7 +30,10 @@ macro_rules! series {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Counter,
+    /// Per worker, with a `worker` label.
     Gauge,
+    /// One value for the process (set by one thread, e.g. the cluster bridge): summed, no label.
+    Node,
 }
 
 series! {
@@ -123,6 +127,20 @@ series! {
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
     TlsOpen => "herald_tls_connections", Gauge, "", "Open TLS connections (handshaking or established), per worker.";
     PooledReadBuffers => "herald_read_buffers_pooled", Gauge, "", "Spare read buffers held by the worker's pool (shrinks back after load).";
+    ClusterPublishesSent => "herald_cluster_publishes_total", Counter, "result=\"sent\"", "Publishes for Redis, by result: sent (acknowledged by Redis), failed (refused by Redis, or unacknowledged when a link dropped), dropped (queue full, on_overflow drop: delivered locally only), rejected (queue full, on_overflow reject).";
+    ClusterPublishesFailed => "herald_cluster_publishes_total", Counter, "result=\"failed\"", "";
+    ClusterPublishesDropped => "herald_cluster_publishes_total", Counter, "result=\"dropped\"", "";
+    ClusterPublishesRejected => "herald_cluster_publishes_total", Counter, "result=\"rejected\"", "";
+    ClusterMessagesReceived => "herald_cluster_messages_received_total", Counter, "", "Messages received from Redis (this node's own, which are dropped, included; probes not).";
+    ClusterForeignDelivered => "herald_cluster_foreign_messages_total", Counter, "", "Messages from other nodes handed to the workers for delivery.";
+    ClusterGaps => "herald_cluster_gaps_total", Counter, "", "Gaps reported, per topic: messages from another node lost (sequence jump, or a Redis link that dropped).";
+    ClusterGapCloses => "herald_cluster_gap_closes_total", Counter, "", "Raw subscribers closed with 4410 on a gap (cluster.on_gap close).";
+    ClusterReconnects => "herald_cluster_reconnects_total", Counter, "", "Redis links dropped, stalled or failed to connect, each followed by a reconnection.";
+    ClusterShards => "herald_cluster_redis_instances", Node, "", "Redis instances configured.";
+    ClusterLinksUp => "herald_cluster_redis_instances_up", Node, "", "Redis instances with both links up (the others are degraded; see /healthz).";
+    ClusterChannels => "herald_cluster_subscribed_channels", Node, "", "Redis channels this node subscribes to (topics with local subscribers, and those lingering).";
+    ClusterQueueDepth => "herald_cluster_queue_depth", Node, "", "Publishes waiting to be written to Redis (at most cluster.max_pending).";
+    ClusterProbeRttMicros => "herald_cluster_probe_rtt_microseconds", Node, "", "Round trip of the last stall probe through Redis.";
 }
 
 impl Metric {
@@ -259,13 +277,13 @@ pub fn render(slots: &[WorkerSlot]) -> String {
             let help = if help.is_empty() { "See README." } else { help };
             let kind_name = match kind {
                 Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
+                Kind::Gauge | Kind::Node => "gauge",
             };
             let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind_name}");
             last_family = family;
         }
         match kind {
-            Kind::Counter => {
+            Kind::Counter | Kind::Node => {
                 let total: u64 = slots.iter().map(|s| s.get(*metric)).sum();
                 if labels.is_empty() {
                     let _ = writeln!(out, "{family} {total}");

@@ -505,6 +505,45 @@ impl TopicIndex {
     }
 }
 
+impl TopicIndex {
+    /// Queues a JSON notice (a cluster gap notice) for the `/ws` subscribers of `name`, here and on the other
+    /// workers, in order with the topic's messages: it goes out with this turn's coalesced frames. Returns
+    /// whether any worker has `/ws` subscribers of it.
+    pub fn publish_notice(&mut self, name: &str, notice: &[u8], out: &mut impl Deliver, mesh: &mut MeshEnd) -> bool {
+        let Some(&id) = self.by_name.get(name) else { return false };
+        let topic = &mut self.topics[id];
+        if topic.json.is_empty() && !topic.remote_json() {
+            return false;
+        }
+        let need = frame::header_len(notice.len(), false) + notice.len();
+        if topic.pend_json.capacity() == 0 {
+            // A notice comes to every topic of an instance at once (after a reconnection): sized exactly, not
+            // the 4 KiB a publish starts a buffer with, or 100,000 topics would take 400 MiB at once.
+            topic.pend_json = BytesMut::with_capacity(need);
+        } else {
+            reserve_for(&mut topic.pend_json, need);
+        }
+        frame::write_frame(&mut topic.pend_json, OpCode::Text, notice);
+        topic.pend_msgs += 1;
+        if !topic.dirty {
+            topic.dirty = true;
+            self.dirty.push(id);
+        }
+        if topic.pend_json.len() >= self.coalesce_limit {
+            Self::flush_topic(topic, out, mesh);
+        }
+        true
+    }
+
+    /// This worker's subscribers of `name` of one kind.
+    pub fn local_subscribers(&self, name: &str, kind: SubKind) -> Vec<ConnKey> {
+        let Some(&id) = self.by_name.get(name) else { return Vec::new() };
+        let topic = &self.topics[id];
+        let list = if kind == SubKind::Raw { &topic.raw } else { &topic.json };
+        list.iter().map(|m| m.key as ConnKey).collect()
+    }
+}
+
 /// Grows a coalescing buffer for `need` more bytes, starting small so idle topics hold nothing.
 fn reserve_for(buf: &mut BytesMut, need: usize) {
     if buf.capacity() - buf.len() < need {
@@ -720,6 +759,46 @@ mod tests {
         assert_eq!(&raw[..], b"\x81\x02hi");
         let v: serde_json::Value = serde_json::from_slice(&json[2..]).expect("envelope is JSON");
         assert_eq!(v, serde_json::json!({"type":"message","topic":"t","data":"hi"}));
+    }
+
+    #[test]
+    fn a_notice_on_an_idle_topic_takes_its_size_not_a_publish_buffer() {
+        let (_p, mut mesh0, _in) = mesh(1, 0);
+        let mut index = TopicIndex::new(10, 1 << 16);
+        index.subscribe("t", 2, SubKind::Json).expect("room");
+        let notice = br#"{"type":"gap","topic":"t"}"#;
+        assert!(index.publish_notice("t", notice, &mut Sink::default(), &mut mesh0));
+        let id = index.lookup("t").expect("known");
+        assert!(index.topics[id].pend_json.capacity() < 64, "100,000 topics get a notice at once after a reconnection");
+    }
+
+    #[test]
+    fn a_notice_reaches_json_subscribers_here_and_elsewhere_in_order_and_not_raw_ones() {
+        let (_p, mut mesh0, inboxes) = mesh(2, 0);
+        let mut index = TopicIndex::new(10, 1 << 16);
+        index.subscribe("t", 1, SubKind::Raw).expect("room");
+        index.subscribe("t", 2, SubKind::Json).expect("room");
+        index.set_remote("t", 1, 0, 1);
+        let mut sink = Sink::default();
+        index.publish("t", true, b"a", None, &mut sink, &mut mesh0);
+        assert!(index.publish_notice("t", br#"{"type":"gap","topic":"t"}"#, &mut sink, &mut mesh0));
+        index.publish("t", true, b"b", None, &mut sink, &mut mesh0);
+        assert!(!index.publish_notice("nobody", b"{}", &mut sink, &mut mesh0), "no such topic");
+        index.flush(&mut sink, &mut mesh0);
+        let raw = &sink.0.iter().find(|d| d.0 == 1).expect("raw delivery").1;
+        assert_eq!(&raw[..], b"\x81\x01a\x81\x01b", "raw subscribers get the messages only");
+        let json = &sink.0.iter().find(|d| d.0 == 2).expect("json delivery").1;
+        let text = String::from_utf8_lossy(json);
+        let (a, gap, b) =
+            (text.find("\"a\"").expect("a"), text.find("gap").expect("gap"), text.find("\"b\"").expect("b"));
+        assert!(a < gap && gap < b, "in order with the messages: {text}");
+        let batch = std::iter::from_fn(|| inboxes[1].try_recv())
+            .find_map(|m| match m {
+                MeshMsg::Broadcast(b) => Some(b),
+                _ => None,
+            })
+            .expect("a broadcast to the other worker");
+        assert_eq!(batch.json.as_deref(), Some(&json[..]), "the same frames");
     }
 
     #[test]

@@ -67,6 +67,14 @@ pub enum MeshMsg {
     Keys(Arc<crate::protocol::auth::KeySet>),
     /// A certificate reload (SIGHUP): the TLS configuration for new handshakes, or word that it failed.
     Certificate(CertUpdate),
+    /// A message from another node (cluster bridge), for the worker that carries its topic: published here
+    /// like a local one, but not sent back to Redis.
+    Foreign(crate::cluster::ForeignPublish),
+    /// Messages from another node were lost for these topics (cluster bridge, to the topics' worker): their
+    /// `/ws` subscribers get a gap notice, in order with the messages.
+    Gap(Arc<[Arc<str>]>),
+    /// Gap on these topics with `cluster.on_gap = "close"` (to every worker): close their raw subscribers.
+    GapClose(Arc<[Arc<str>]>),
 }
 
 /// The outcome of a certificate reload, as the workers hear it.
@@ -92,6 +100,15 @@ impl PeerHandle {
         // The worker has exited (shutdown) when this fails: nothing to tell it.
         if self.control.send(msg).is_ok() {
             self.wake();
+        }
+    }
+
+    /// Queues a data message without blocking (the cluster bridge); gives it back when the inbox is full. A
+    /// worker that has exited takes nothing: the message is dropped.
+    pub fn try_send_data(&self, msg: MeshMsg) -> Result<(), MeshMsg> {
+        match self.data.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
+            Err(TrySendError::Full(m)) => Err(m),
         }
     }
 
@@ -186,13 +203,32 @@ pub struct MeshEnd {
     to_wake: u64,
     /// Times a send found a peer's inbox full (for metrics).
     pub full_events: u64,
+    /// The node's cluster bridge, when `[cluster]` is on.
+    bridge: Option<crate::cluster::WorkerLink>,
 }
 
 impl MeshEnd {
     /// Worker `me`'s end, given every worker's handle (its own included, unused).
     pub fn new(me: usize, peers: Vec<PeerHandle>) -> Self {
         let n = peers.len();
-        MeshEnd { me, peers, overflow: (0..n).map(|_| VecDeque::new()).collect(), to_wake: 0, full_events: 0 }
+        MeshEnd {
+            me,
+            peers,
+            overflow: (0..n).map(|_| VecDeque::new()).collect(),
+            to_wake: 0,
+            full_events: 0,
+            bridge: None,
+        }
+    }
+
+    /// Connects this end to the node's cluster bridge: publishes and interest go to it too.
+    pub fn set_bridge(&mut self, link: crate::cluster::WorkerLink) {
+        self.bridge = Some(link);
+    }
+
+    /// The cluster bridge's link, when the cluster is on.
+    pub fn bridge(&mut self) -> Option<&mut crate::cluster::WorkerLink> {
+        self.bridge.as_mut()
     }
 
     /// This worker's index.
@@ -237,8 +273,12 @@ impl MeshEnd {
         }
     }
 
-    /// Announces this worker's subscriber counts for `topic` to every other worker.
+    /// Announces this worker's subscriber counts for `topic` to every other worker (and to the cluster
+    /// bridge, which subscribes the node to the topic while any worker has subscribers).
     pub fn announce(&mut self, topic: &Arc<str>, raw: u32, json: u32) {
+        if let Some(bridge) = &mut self.bridge {
+            bridge.interest(topic, self.me, raw + json > 0);
+        }
         for (w, peer) in self.peers.iter().enumerate() {
             if w == self.me {
                 continue;
@@ -277,8 +317,11 @@ impl MeshEnd {
         self.overflow.iter().any(|q| !q.is_empty())
     }
 
-    /// Wakes each peer that was sent something this turn, once.
+    /// Wakes each peer (and the cluster bridge) that was sent something this turn, once.
     pub fn wake_peers(&mut self) {
+        if let Some(bridge) = &mut self.bridge {
+            bridge.wake();
+        }
         let mut mask = self.to_wake;
         self.to_wake = 0;
         while mask != 0 {

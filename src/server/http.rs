@@ -347,14 +347,28 @@ impl Worker {
             Route::Healthz => {
                 let draining = self.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
                 let open = self.shared.open.load(std::sync::atomic::Ordering::Relaxed);
-                let (status, state) = if draining { (503, "draining") } else { (200, "ok") };
-                let body =
-                    format!("{{\"status\":\"{state}\",\"workers\":{},\"connections\":{open}}}\n", self.shared.workers);
+                let (mut status, state) = if draining { (503, "draining") } else { (200, "ok") };
+                let cluster = match &self.shared.cluster {
+                    Some(c) => {
+                        if c.strict && c.degraded() {
+                            status = 503;
+                        }
+                        format!(",\"cluster\":{}", c.healthz_json())
+                    }
+                    None => String::new(),
+                };
+                let body = format!(
+                    "{{\"status\":\"{state}\",\"workers\":{},\"connections\":{open}{cluster}}}\n",
+                    self.shared.workers
+                );
                 self.respond(key, status, "application/json", body.as_bytes(), close);
             }
             Route::Metrics => {
                 self.metrics.publish(&self.shared.slots[self.id]);
-                let body = metrics::render(&self.shared.slots);
+                let mut body = metrics::render(&self.shared.slots);
+                if let Some(c) = &self.shared.cluster {
+                    body.push_str(&c.metrics_text());
+                }
                 self.respond(key, 200, "text/plain; version=0.0.4", body.as_bytes(), close);
             }
             _ => {
@@ -448,8 +462,11 @@ impl Worker {
         }
         self.metrics.inc(Metric::MessagesIn);
         self.metrics.inc(Metric::Publishes);
-        let reached = self.publish(name, kind != BodyKind::Binary, &body, json);
         let close = head.wants_close();
+        let Ok(reached) = self.publish(name, kind != BodyKind::Binary, &body, json) else {
+            self.respond(key, 503, "text/plain", b"the queue to the other nodes is full\n", true);
+            return false;
+        };
         let reply = format!("{{\"topic\":\"{name}\",\"subscribers\":{reached}}}\n");
         self.respond(key, 200, "application/json", reply.as_bytes(), close);
         let Some(conn) = self.conns.get_mut(key) else { return false };

@@ -14,6 +14,7 @@
 //! - [`rlimit`]: raising the open-files limit at start.
 //! - [`trim`]: giving back the room of connections and topics that are gone, after a load.
 
+mod cluster;
 pub mod compress;
 pub mod conn;
 pub mod http;
@@ -75,6 +76,9 @@ pub enum ServerError {
     /// The `[tls]` certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] CertError),
+    /// The `[cluster]` bridge could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The TLS material kept for reloads: the session-ticket key (kept across reloads, so clients' tickets stay
@@ -110,6 +114,8 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     peers: Vec<PeerHandle>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
+    /// The cluster bridge's thread (it exits once every worker has).
+    bridge: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -184,6 +190,9 @@ impl ServerHandle {
                 Err(_) => result = Err(ServerError::Panicked(i)),
             }
         }
+        if let Some(bridge) = self.bridge {
+            let _ = bridge.join();
+        }
         result
     }
 }
@@ -239,13 +248,31 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         wakers.push(Arc::new(waker));
     }
     let (peers, inboxes) = mesh::inboxes(wakers, cfg.limits.inbox_capacity);
-    let shared = Arc::new(Shared::new(workers));
+    let mut shared = Shared::new(workers);
+    let cluster_state = crate::cluster::bridge::state_for(&cfg);
+    if let Some(state) = &cluster_state {
+        // The bridge's metrics slot comes after the workers'.
+        shared.slots.push(crate::metrics::WorkerSlot::default());
+        shared.cluster = Some(state.clone());
+    }
+    let shared = Arc::new(shared);
+    let (mut links, bridge) = match cluster_state {
+        Some(state) => {
+            let (links, thread) =
+                crate::cluster::bridge::spawn(cfg.clone(), state, peers.clone(), shared.clone(), workers)?;
+            (links.into_iter().map(Some).collect(), Some(thread))
+        }
+        None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+    };
     let cores = pick_cores(&cfg);
     let mut threads = Vec::with_capacity(workers);
     let sockets = listeners.into_iter().zip(tls_listeners);
     for (id, ((poll, (main, tls_listener)), inbox)) in polls.into_iter().zip(sockets).zip(inboxes).enumerate() {
         let listeners = Listeners { main, main_tls, tls: tls_listener, tls_config: tls_config.clone() };
-        let mesh_end = MeshEnd::new(id, peers.clone());
+        let mut mesh_end = MeshEnd::new(id, peers.clone());
+        if let Some(link) = links[id].take() {
+            mesh_end.set_bridge(link);
+        }
         let shared = shared.clone();
         let cfg = cfg.clone();
         let auth = auth.clone();
@@ -265,7 +292,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         threads.push(thread);
     }
     tracing::info!(%addr, tls = ?tls_addr, workers, pinned = cores.is_some(), auth = ?auth.mode(), "herald listening");
-    Ok(ServerHandle { addr, tls_addr, tls, cfg, shared, peers, threads })
+    Ok(ServerHandle { addr, tls_addr, tls, cfg, shared, peers, threads, bridge })
 }
 
 /// The cores to pin to, in worker order, or `None` when pinning is off or impossible.

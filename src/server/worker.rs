@@ -69,6 +69,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Number of workers (for `/healthz`).
     pub workers: usize,
+    /// The cluster's state (for `/healthz`), when `[cluster]` is on.
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
 }
 
 impl Shared {
@@ -80,6 +82,7 @@ impl Shared {
             per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             workers,
+            cluster: None,
         }
     }
 }
@@ -422,8 +425,14 @@ impl Worker {
                 MeshMsg::Interest(i) => self.index.set_remote(&i.topic, i.worker, i.raw, i.json),
                 MeshMsg::Publish(p) => {
                     sink.metrics.inc(Metric::Publishes);
-                    self.index.publish(&p.topic, p.text, &p.payload, None, &mut sink, &mut self.mesh);
+                    let kind = if p.text { crate::cluster::Kind::Text } else { crate::cluster::Kind::Binary };
+                    if crate::cluster::offer(&mut self.mesh, sink.metrics, &p.topic, kind, &p.payload).is_ok() {
+                        self.index.publish(&p.topic, p.text, &p.payload, None, &mut sink, &mut self.mesh);
+                    }
                 }
+                MeshMsg::Foreign(f) => self.on_foreign(&f),
+                MeshMsg::Gap(topics) => self.on_gap(&topics),
+                MeshMsg::GapClose(topics) => self.on_gap_close(&topics),
                 MeshMsg::Drained(_) => self.peers_drained += 1,
                 MeshMsg::Keys(keys) => {
                     tracing::info!(worker = self.id, keys = keys.len(), "auth keys rotated");

@@ -70,7 +70,9 @@ impl Worker {
                     let topic = topic.clone();
                     self.metrics.inc(Metric::Publishes);
                     let text = matches!(msg, Message::Text(_));
-                    self.publish(&topic, text, msg.payload(), None);
+                    if self.publish(&topic, text, msg.payload(), None).is_err() {
+                        self.close_ws(key, crate::cluster::CLOSE_OVERLOADED, "cluster queue full");
+                    }
                 }
                 Endpoint::Json(_) => self.handle_json(key, msg),
             }
@@ -83,17 +85,28 @@ impl Worker {
         }
     }
 
-    /// Publishes one message from this worker; returns the subscribers it reaches.
+    /// Publishes one message from this worker (and, with `[cluster]`, to the other nodes); returns the local
+    /// subscribers it reaches. Refused, and not delivered at all, when the queue to Redis is full and
+    /// `cluster.on_overflow = "reject"`.
     pub(super) fn publish(
         &mut self,
         topic: &str,
         text: bool,
         payload: &[u8],
         json: Option<&serde_json::value::RawValue>,
-    ) -> usize {
+    ) -> Result<usize, crate::cluster::Overflow> {
+        use crate::cluster::Kind;
+        let kind = if json.is_some() {
+            Kind::Json
+        } else if text {
+            Kind::Text
+        } else {
+            Kind::Binary
+        };
+        crate::cluster::offer(&mut self.mesh, &mut self.metrics, topic, kind, payload)?;
         let mut sink =
             Sink::new(&mut self.conns, &mut self.dirty, &mut self.metrics, &self.cfg.limits, &mut self.deflate);
-        self.index.publish(topic, text, payload, json, &mut sink, &mut self.mesh)
+        Ok(self.index.publish(topic, text, payload, json, &mut sink, &mut self.mesh))
     }
 
     fn handle_json(&mut self, key: ConnKey, msg: Message) {
@@ -131,8 +144,10 @@ impl Worker {
                     Ok(name) => match self.authorize(key, Action::Publish, name, token.as_deref()) {
                         Ok(()) => {
                             self.metrics.inc(Metric::Publishes);
-                            self.publish(name, true, data.get().as_bytes(), Some(&data));
-                            control::write_ack(&mut reply, id.as_deref());
+                            match self.publish(name, true, data.get().as_bytes(), Some(&data)) {
+                                Ok(_) => control::write_ack(&mut reply, id.as_deref()),
+                                Err(e) => control::write_error(&mut reply, id.as_deref(), "overloaded", &e.to_string()),
+                            }
                         }
                         Err((code, message)) => control::write_error(&mut reply, id.as_deref(), code, message),
                     },
