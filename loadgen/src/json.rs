@@ -4,8 +4,9 @@
 //! Client to server: `{"type":"subscribe","topic":"t","id":1}`, `{"type":"publish","topic":"t","data":"..."}`
 //! and, for the `message` auth carrier, `{"type":"auth","token":"..."}`; with `--auth-per-message` the
 //! subscribe and publish requests carry `"token":"..."` too. Server to client: `{"type":"ack",...}`,
-//! `{"type":"error",...,"code":"...","message":"..."}`, and deliveries
-//! `{"type":"message","topic":"t","data":<the published JSON, verbatim>}`.
+//! `{"type":"error",...,"code":"...","message":"..."}`, deliveries
+//! `{"type":"message","topic":"t","data":<the published JSON, verbatim>}`, and, from a node of a herald
+//! cluster that knows it missed messages of a topic, gap notices `{"type":"gap","topic":"t"}`.
 //!
 //! A published `data` is a JSON string of `--size` ASCII bytes: the header ([`crate::plan::payload::Header`])
 //! as 40 lowercase hex digits (publisher 8, sequence 16, timestamp 16), then `x` padding. The receive path
@@ -164,6 +165,8 @@ pub enum Incoming<'a> {
     Ack,
     /// An `error` reply; its `code`, if it is among the first bytes.
     Error(&'a [u8]),
+    /// A cluster's gap notice: messages of the topic were lost between nodes (counted, not a message).
+    Gap,
     /// Anything else (not JSON, another type, `data` that is not a string).
     Other,
 }
@@ -194,6 +197,7 @@ fn incoming_slow(prefix: &[u8]) -> Incoming<'_> {
     match kind {
         b"message" => string_field(prefix, b"data").map_or(Incoming::Other, Incoming::Message),
         b"ack" => Incoming::Ack,
+        b"gap" => Incoming::Gap,
         b"error" => {
             let code = string_field(prefix, b"code").unwrap_or(b"");
             Incoming::Error(&code[..code.iter().position(|&b| b == b'"').unwrap_or(0)])
@@ -332,6 +336,8 @@ mod tests {
         assert_eq!(incoming(b"not json", &head), Incoming::Other);
         assert_eq!(incoming(br#"{"type":"message","topic":"t","data":{"a":1}}"#, &head), Incoming::Other);
         assert_eq!(incoming(br#"{"type":"pong"}"#, &head), Incoming::Other);
+        assert_eq!(incoming(br#"{"type":"gap","topic":"t"}"#, &head), Incoming::Gap, "a cluster's gap notice");
+        assert_eq!(incoming(br#"{ "type" : "gap", "topic": "other"}"#, &head), Incoming::Gap);
         assert_eq!(incoming(b"", &head), Incoming::Other);
     }
 

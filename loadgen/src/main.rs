@@ -70,9 +70,11 @@ enum Command {
 /// Options every scenario takes.
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// Server URL: ws://host[:port] or wss://host[:port] (TLS; needs --ca or --insecure).
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
+    /// Server URL: ws://host[:port] or wss://host[:port] (TLS; needs --ca or --insecure). Repeat it or give a
+    /// comma list to deal connections over several servers (e.g. herald nodes) round robin; all URLs of a run
+    /// share one scheme.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080")]
+    url: Vec<String>,
     /// wss://: trust the certificates in this PEM file (the server's certificate must chain to one and name
     /// the URL's host, or --server-name).
     #[arg(long)]
@@ -186,6 +188,10 @@ struct FanoutArgs {
     /// Publisher path template.
     #[arg(long, default_value = "/pub/{topic}")]
     pub_path: String,
+    /// Publishers connect here instead of --url (repeat it or give a comma list: dealt round robin), e.g.
+    /// another herald node of a cluster, so cross-node latency and loss are measured; same scheme as --url.
+    #[arg(long, value_delimiter = ',')]
+    pub_url: Vec<String>,
     /// Topic name prefix (default: `lg<pid>-`, so concurrent runs do not mix).
     #[arg(long)]
     topic_prefix: Option<String>,
@@ -370,9 +376,18 @@ fn check_per_message(cfg: &EngineConfig, protocol: Protocol) -> anyhow::Result<(
     Ok(())
 }
 
-/// Builds the engine settings from the common options.
-fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
-    let target = Target::parse(&c.url)?;
+/// Builds the engine settings from the common options, with publishers on `pub_urls` when not empty.
+fn engine_config(c: &CommonArgs, pub_urls: &[String]) -> anyhow::Result<EngineConfig> {
+    let mut targets = plan::parse_targets(&c.url).context("--url")?;
+    let sub_targets = targets.len();
+    if !pub_urls.is_empty() {
+        targets.extend(plan::parse_targets(pub_urls).context("--pub-url")?);
+        if targets[0].tls != targets[sub_targets].tls {
+            let (a, b) = (targets[0].url.clone(), targets[sub_targets].url.clone());
+            return Err(plan::PlanError::MixedSchemes(a, b).into());
+        }
+    }
+    let target = targets[0].clone();
     let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = c.threads.unwrap_or(available);
     if threads == 0 {
@@ -400,13 +415,16 @@ fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
         rx_time: c.rx_time,
         auth: auth::Auth::from_args(&c.auth)?.map(std::sync::Arc::new),
         origin: c.auth.origin.clone(),
-        tls: client_tls(c, &target)?.map(std::sync::Arc::new),
+        tls: client_tls(c, &targets)?.map(std::sync::Arc::new),
         target,
+        targets,
+        sub_targets,
     })
 }
 
-/// The TLS settings for a `wss://` URL (`None` for `ws://`).
-fn client_tls(c: &CommonArgs, target: &Target) -> anyhow::Result<Option<tls::ClientTls>> {
+/// The TLS settings for `wss://` URLs (`None` for `ws://`): one certificate name for all of them.
+fn client_tls(c: &CommonArgs, targets: &[Target]) -> anyhow::Result<Option<tls::ClientTls>> {
+    let target = &targets[0];
     if !target.tls {
         if c.ca.is_some() || c.insecure || c.tls_resume || c.server_name.is_some() {
             return Err(tls::TlsSetupError::NotWss.into());
@@ -419,6 +437,16 @@ fn client_tls(c: &CommonArgs, target: &Target) -> anyhow::Result<Option<tls::Cli
         (None, true) => tls::Trust::Insecure,
         (None, false) => return Err(tls::TlsSetupError::NoTrust.into()),
     };
+    if c.server_name.is_none() {
+        if let Some(other) = targets.iter().find(|t| t.hostname != target.hostname) {
+            bail!(
+                "wss:// URLs {} and {} name different hosts: give --server-name, the one name every server's \
+                 certificate carries",
+                target.url,
+                other.url
+            );
+        }
+    }
     let name = c.server_name.as_deref().unwrap_or(&target.hostname);
     Ok(Some(tls::ClientTls::new(name, trust, c.tls_resume)?))
 }
@@ -438,7 +466,7 @@ fn parse_loss(text: &str) -> anyhow::Result<f64> {
 }
 
 fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
-    let cfg = engine_config(&args.common)?;
+    let cfg = engine_config(&args.common, &args.pub_url)?;
     let plan = FanoutPlan {
         subs: args.subs,
         topics: args.topics,
@@ -513,7 +541,7 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
-    let cfg = engine_config(&args.common)?;
+    let cfg = engine_config(&args.common, &[])?;
     check_per_message(&cfg, args.protocol.protocol)?;
     let path = match args.protocol.protocol {
         Protocol::Raw => plan::fill_template(&args.path, conns::IDLE_TOPIC),
@@ -540,7 +568,7 @@ fn run_conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
-    let cfg = engine_config(&args.common)?;
+    let cfg = engine_config(&args.common, &[])?;
     check_per_message(&cfg, Protocol::Raw)?;
     let plan = echo::EchoPlan {
         conns: args.conns,
@@ -572,9 +600,12 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
-    let cfg = engine_config(&args.common)?;
+    let cfg = engine_config(&args.common, &[])?;
     if cfg.auth.is_some() {
         bail!("loadgen soak does not authenticate (its side traffic could not)");
+    }
+    if cfg.targets.len() > 1 {
+        bail!("loadgen soak takes one --url (its side traffic goes to one server)");
     }
     if cfg.tls.is_some() && (args.churn_rate > 0.0 || args.slow > 0 || args.bad_rate > 0.0) {
         bail!(

@@ -38,6 +38,9 @@ pub enum PlanError {
     /// The settings contradict each other.
     #[error("{0}")]
     Invalid(String),
+    /// `ws://` and `wss://` URLs in one run.
+    #[error("URLs {0:?} and {1:?} mix ws:// and wss://: give every --url and --pub-url the same scheme")]
+    MixedSchemes(String, String),
 }
 
 /// Where to connect: the resolved address, and the `Host` header value.
@@ -86,6 +89,36 @@ impl Target {
             .next()
             .ok_or_else(|| PlanError::Unresolvable(authority.to_owned()))?;
         Ok(Target { url: url.to_owned(), host: authority.to_owned(), addr, tls, hostname: hostname.to_owned() })
+    }
+}
+
+/// Parses a list of URLs (each item of `items` may itself be a comma-separated list): at least one, all `ws://`
+/// or all `wss://` (one TLS setup serves the whole run).
+pub fn parse_targets<S: AsRef<str>>(items: &[S]) -> Result<Vec<Target>, PlanError> {
+    let mut out: Vec<Target> = Vec::new();
+    for url in items.iter().flat_map(|i| i.as_ref().split(',')).map(str::trim).filter(|u| !u.is_empty()) {
+        let target = Target::parse(url)?;
+        if let Some(first) = out.first() {
+            if first.tls != target.tls {
+                return Err(PlanError::MixedSchemes(first.url.clone(), target.url));
+            }
+        }
+        out.push(target);
+    }
+    if out.is_empty() {
+        return Err(PlanError::BadUrl(String::new()));
+    }
+    Ok(out)
+}
+
+/// Which endpoint connection number `index` dials, out of `urls` (`--url`) followed by `pub_urls`
+/// (`--pub-url`): a publisher goes to the `--pub-url` list when there is one, every other connection to the
+/// `--url` list; within a list, connections are dealt round robin by their number.
+pub fn endpoint_of(publisher: bool, index: usize, urls: usize, pub_urls: usize) -> usize {
+    if publisher && pub_urls > 0 {
+        urls + index % pub_urls
+    } else {
+        index % urls.max(1)
     }
 }
 
@@ -496,6 +529,34 @@ mod tests {
         let t = Target::parse("wss://localhost:9443/x").expect("url");
         assert_eq!(t.addr.port(), 9443);
         assert_eq!((t.host.as_str(), t.hostname.as_str()), ("localhost:9443", "localhost"));
+    }
+
+    #[test]
+    fn url_lists_parse_from_repeats_and_commas_but_never_mix_schemes() {
+        let t = parse_targets(&["ws://127.0.0.1:1,ws://127.0.0.1:2", "ws://127.0.0.1:3"]).expect("list");
+        let ports: Vec<u16> = t.iter().map(|t| t.addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3]);
+        assert_eq!(t[1].url, "ws://127.0.0.1:2", "each target keeps its own URL");
+        assert_eq!(parse_targets(&["wss://127.0.0.1:1, wss://127.0.0.1:2"]).expect("list").len(), 2);
+        assert!(matches!(
+            parse_targets(&["ws://127.0.0.1:1", "wss://127.0.0.1:2"]),
+            Err(PlanError::MixedSchemes(a, b)) if a == "ws://127.0.0.1:1" && b == "wss://127.0.0.1:2"
+        ));
+        assert!(parse_targets(&[","]).is_err(), "at least one URL");
+        assert!(parse_targets::<&str>(&[]).is_err());
+        assert!(parse_targets(&["ws://127.0.0.1:1,http://x"]).is_err());
+    }
+
+    #[test]
+    fn publishers_go_to_pub_urls_and_everyone_else_is_dealt_round_robin() {
+        // Two --url, three --pub-url: endpoints 0-1 are subscribers', 2-4 publishers'.
+        let subs: Vec<usize> = (0..5).map(|i| endpoint_of(false, i, 2, 3)).collect();
+        assert_eq!(subs, [0, 1, 0, 1, 0]);
+        let pubs: Vec<usize> = (0..4).map(|i| endpoint_of(true, i, 2, 3)).collect();
+        assert_eq!(pubs, [2, 3, 4, 2]);
+        // Without --pub-url, publishers share the --url list like everyone else.
+        assert_eq!(endpoint_of(true, 3, 2, 0), 1);
+        assert_eq!(endpoint_of(false, 7, 1, 0), 0);
     }
 
     #[test]

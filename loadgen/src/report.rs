@@ -108,10 +108,14 @@ fn encode_json<T: Serialize>(out: &mut impl std::io::Write, report: &T) -> anyho
 /// The engine settings as recorded in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineSummary {
-    /// The target URL.
+    /// The target URL (the first `--url`).
     pub url: String,
     /// The address connected to.
     pub addr: String,
+    /// Every `--url`, in the order connections are dealt over them.
+    pub urls: Vec<String>,
+    /// Every `--pub-url` (publishers only; empty: publishers use `urls` like everyone else).
+    pub pub_urls: Vec<String>,
     /// Worker threads.
     pub threads: usize,
     /// Cores the workers were pinned to (`null`: not pinned).
@@ -138,6 +142,8 @@ impl EngineSummary {
         EngineSummary {
             url: cfg.target.url.clone(),
             addr: cfg.target.addr.to_string(),
+            urls: cfg.targets[..cfg.sub_targets].iter().map(|t| t.url.clone()).collect(),
+            pub_urls: cfg.targets[cfg.sub_targets..].iter().map(|t| t.url.clone()).collect(),
             threads: cfg.threads,
             cpus: cfg.cpus.clone(),
             connect_rate: cfg.connect_rate,
@@ -396,10 +402,14 @@ impl FanoutReport {
             Rate::Max => "max".to_owned(),
         };
         let window = p.window.map_or(String::new(), |k| format!(", window {k}"));
+        let e = &self.engine;
+        let urls = match e.pub_urls.is_empty() {
+            true => e.urls.join(","),
+            false => format!("{} (publishers on {})", e.urls.join(","), e.pub_urls.join(",")),
+        };
         let _ = writeln!(
             s,
-            "loadgen fanout {}: {} subs / {} topics / {} pubs, {} B, rate {rate}{window}, {:.1} s (+{:.1} s warm-up)",
-            self.engine.url,
+            "loadgen fanout {urls}: {} subs / {} topics / {} pubs, {} B, rate {rate}{window}, {:.1} s (+{:.1} s warm-up)",
             p.subs,
             p.topics,
             p.pubs,
@@ -450,6 +460,13 @@ impl FanoutReport {
             self.counters.reordered,
             if self.drained { "" } else { " (grace period ran out)" }
         );
+        if self.counters.gap_notices > 0 || !e.pub_urls.is_empty() {
+            let _ = writeln!(
+                s,
+                "  gap notices  {} (from a herald cluster: messages of a topic lost between nodes)",
+                self.counters.gap_notices
+            );
+        }
         let l = &self.latency;
         let _ = writeln!(
             s,

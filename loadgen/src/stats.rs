@@ -254,6 +254,9 @@ pub struct RecvCounters {
     pub acks: u64,
     /// `--protocol json`: `error` replies on open connections (e.g. a refused publish).
     pub error_replies: u64,
+    /// `--protocol json`: gap notices (`{"type":"gap"}`) from a herald cluster node that lost messages of a
+    /// subscriber's topic between nodes; the messages themselves show as lost (or `skipped`).
+    pub gap_notices: u64,
 }
 
 impl RecvCounters {
@@ -292,6 +295,7 @@ impl RecvCounters {
         self.reads += o.reads;
         self.acks += o.acks;
         self.error_replies += o.error_replies;
+        self.gap_notices += o.gap_notices;
     }
 }
 

@@ -51,8 +51,13 @@ const DIAL_BATCH: usize = 256;
 /// Engine settings shared by every scenario.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Where to connect.
+    /// Where to connect: the first `--url` (what reports name, and the only target of `soak`).
     pub target: Target,
+    /// Every endpoint connections are dealt over: the `--url` list, then the `--pub-url` list (publishers
+    /// only); see [`crate::plan::endpoint_of`]. `targets[0]` is `target`.
+    pub targets: Vec<Target>,
+    /// How many of `targets` came from `--url` (the rest from `--pub-url`).
+    pub sub_targets: usize,
     /// Worker threads.
     pub threads: usize,
     /// Cores to pin the workers to (worker `i` on `cpus[i % len]`); `None`: no pinning.

@@ -34,8 +34,10 @@ pub struct Worker {
     poll: Poll,
     timer: sys::Timer,
     conns: Slab<Conn>,
-    dialer: Dialer,
-    host: String,
+    /// Per endpoint of [`EngineConfig::targets`]: its dialer and `Host` header.
+    endpoints: Vec<(Dialer, String)>,
+    /// How many of `endpoints` are `--url` ones (the rest are `--pub-url`).
+    sub_endpoints: usize,
     tls: Option<Arc<crate::tls::ClientTls>>,
     origin: Option<String>,
     auth: Option<Arc<Auth>>,
@@ -113,8 +115,15 @@ impl Worker {
             poll,
             timer,
             conns: Slab::with_capacity(to_dial.len()),
-            dialer: Dialer::new(cfg.target.addr, cfg.source_ips.clone(), id, cfg.rx_time == RxTime::Kernel),
-            host: cfg.target.host.clone(),
+            endpoints: cfg
+                .targets
+                .iter()
+                .map(|t| {
+                    let dialer = Dialer::new(t.addr, cfg.source_ips.clone(), id, cfg.rx_time == RxTime::Kernel);
+                    (dialer, t.host.clone())
+                })
+                .collect(),
+            sub_endpoints: cfg.sub_targets,
             tls: cfg.tls.clone(),
             origin: cfg.origin.clone(),
             auth: cfg.auth.clone(),
@@ -474,6 +483,7 @@ impl Worker {
                             refused.get_or_insert(ReplyCode::new(code));
                         }
                         Incoming::Error(_) => counters.error_replies += 1,
+                        Incoming::Gap => counters.gap_notices += 1,
                         Incoming::Other => {
                             counters.bytes += len;
                             counters.messages += 1;

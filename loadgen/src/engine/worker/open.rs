@@ -9,7 +9,7 @@ use mio::{Interest, Token};
 
 use super::Worker;
 use crate::client::{classify_io, Handshake};
-use crate::engine::{Conn, Dial, Load, State, DIAL_BATCH};
+use crate::engine::{Conn, Dial, Kind, Load, State, DIAL_BATCH};
 use crate::json;
 use crate::scan::Scanner;
 use crate::stats::{self, Failure};
@@ -47,7 +47,10 @@ impl Worker {
                     continue;
                 }
             };
-            let mut sock = match self.dialer.dial() {
+            let pub_endpoints = self.endpoints.len() - self.sub_endpoints;
+            let publisher = matches!(kind, Kind::Pub(_));
+            let endpoint = crate::plan::endpoint_of(publisher, dial.index, self.sub_endpoints, pub_endpoints);
+            let mut sock = match self.endpoints[endpoint].0.dial() {
                 Ok(sock) => sock,
                 Err(e) => {
                     self.connect_failures.count(classify_io(&e));
@@ -78,7 +81,7 @@ impl Worker {
             let origin = self.origin.as_deref().map(|o| ("Origin", o));
             let extra: Vec<(&str, &str)> =
                 header.as_ref().map(|(name, value)| (*name, value.as_str())).into_iter().chain(origin).collect();
-            let handshake = Handshake::new(&self.host, &path, nonce, &extra);
+            let handshake = Handshake::new(&self.endpoints[endpoint].1, &path, nonce, &extra);
             let prefix = if dial.json { json::PREFIX_LEN } else { crate::plan::payload::HEADER_LEN };
             entry.insert(Conn {
                 stream: Stream::new(sock, session),
