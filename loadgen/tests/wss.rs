@@ -205,6 +205,31 @@ fn fanout_over_wss_delivers_every_message_and_reports_tls_1_3() {
 }
 
 #[test]
+fn pub_url_over_wss_shares_the_tls_setup_and_different_hosts_without_server_name_are_refused() {
+    let pki = pki("puburl");
+    let server = Server::start(&pki);
+    let ca = pki.ca_file.to_str().expect("utf-8 path");
+    // The same server under --url (twice) and --pub-url: every connection goes through the list path over TLS.
+    let (url, urls) = (server.url(), format!("{},{}", server.url(), server.url()));
+    let common = ["fanout", "--ca", ca, "--subs", "10", "--rate", "200", "--duration", "500ms", "--warmup", "0s"];
+    let mut args = common.to_vec();
+    args.extend(["--url", &urls, "--pub-url", &url]);
+    let r = run(&args);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let j = &r.json;
+    assert_eq!(num(j, "/delivery/delivered"), 10 * num(j, "/delivery/published"), "{}", r.stdout);
+    assert_eq!(num(j, "/delivery/lost"), 0);
+    assert_eq!(num(&j["engine"]["tls"], "/full_handshakes"), 11, "every connection, whichever URL, made TLS");
+    // localhost and 127.0.0.1 are different certificate names: refused without a --server-name for both.
+    let other = url.replace("127.0.0.1", "localhost");
+    let mut args = common.to_vec();
+    args.extend(["--url", &url, "--pub-url", &other]);
+    let r = run(&args);
+    assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("give --server-name"), "{}", r.stderr);
+}
+
+#[test]
 fn echo_over_wss_with_insecure_accounts_for_every_round_trip() {
     let pki = pki("echo");
     let server = Server::start(&pki);
