@@ -23,6 +23,7 @@ mod echo;
 mod engine;
 mod fanout;
 mod findmax;
+mod inflate;
 mod json;
 mod plan;
 mod plot;
@@ -87,6 +88,11 @@ struct CommonArgs {
     /// wss://: the name the server's certificate must carry (and the SNI sent); default: the URL's host.
     #[arg(long)]
     server_name: Option<String>,
+    /// Offer permessage-deflate (as browsers do: `permessage-deflate; client_max_window_bits`) and inflate
+    /// whatever arrives compressed; loadgen itself sends uncompressed. The report counts the connections that
+    /// negotiated it and gives wire and payload bytes apart.
+    #[arg(long)]
+    compress: bool,
     /// Worker threads (event loops); default: available cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -400,6 +406,7 @@ fn engine_config(c: &CommonArgs) -> anyhow::Result<EngineConfig> {
         rx_time: c.rx_time,
         auth: auth::Auth::from_args(&c.auth)?.map(std::sync::Arc::new),
         origin: c.auth.origin.clone(),
+        compress: c.compress,
         tls: client_tls(c, &target)?.map(std::sync::Arc::new),
         target,
     })

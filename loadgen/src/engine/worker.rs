@@ -38,6 +38,10 @@ pub struct Worker {
     host: String,
     tls: Option<Arc<crate::tls::ClientTls>>,
     origin: Option<String>,
+    /// `--compress`: permessage-deflate is offered.
+    compress: bool,
+    /// Inflates the compressed messages of every connection whose server compresses each message on its own.
+    inflater: crate::inflate::MessageInflater,
     auth: Option<Arc<Auth>>,
     to_dial: VecDeque<Dial>,
     dial_interval_ns: u64,
@@ -117,6 +121,8 @@ impl Worker {
             host: cfg.target.host.clone(),
             tls: cfg.tls.clone(),
             origin: cfg.origin.clone(),
+            compress: cfg.compress,
+            inflater: crate::inflate::MessageInflater::default(),
             auth: cfg.auth.clone(),
             to_dial,
             dial_interval_ns: if per_thread_rate > 0.0 { (1e9 / per_thread_rate) as u64 } else { 0 },
@@ -348,6 +354,13 @@ impl Worker {
                         if let Some(tls) = &self.tls {
                             tls.count(&conn.stream);
                         }
+                        if let Some(agreed) = h.deflate() {
+                            self.counters.deflate_negotiated += 1;
+                            conn.scanner.enable_deflate();
+                            if !agreed.no_context_takeover {
+                                conn.inflater = Some(Box::default());
+                            }
+                        }
                         let setup = State::Setup { awaiting: 0, message_token: None };
                         if let State::Handshaking(opening) = std::mem::replace(&mut conn.state, setup) {
                             self.upgraded(token, opening.1, &rest);
@@ -428,9 +441,11 @@ impl Worker {
     /// Walks the frames in `rbuf[..len]` for connection `token`: the receive hot path. `Ok(true)`: the acks
     /// the connection was waiting for to open all arrived.
     fn process_rbuf(&mut self, token: usize, len: usize, recv_ns: u64) -> Result<bool, Failure> {
-        let Worker { conns, rbuf, load, counters, hist, rng, measure_ns, end_ns, .. } = self;
+        let Worker { conns, rbuf, load, counters, hist, rng, measure_ns, end_ns, inflater, .. } = self;
         let Some(conn) = conns.get_mut(token) else { return Ok(false) };
-        let Conn { scanner, out, kind, json, state, .. } = &mut *conn;
+        let Conn { scanner, out, kind, json, state, inflater: own_inflater, .. } = &mut *conn;
+        let keep = scanner.prefix();
+        let mut invalid_deflate = false;
         let (kind, json) = (*kind, *json);
         let mut awaiting = match state {
             State::Setup { awaiting, .. } => *awaiting,
@@ -441,6 +456,7 @@ impl Worker {
         let mut close: Option<u16> = None;
         let before = counters.messages;
         let before_bytes = counters.bytes;
+        let before_wire = counters.wire_bytes;
         let mask = (*rng as u32).to_le_bytes();
         let measure = *measure_ns;
         let mut target = match (kind, load) {
@@ -449,7 +465,31 @@ impl Worker {
             _ => Sink::Count,
         };
         scanner
-            .scan(&rbuf[..len], |frame| match frame {
+            .scan(&rbuf[..len], |frame| {
+            // A compressed message is inflated whole (its CPU is loadgen's), then read like a plain one; `wire`
+            // is what its payload took on the wire.
+            let mut head = [0u8; 125];
+            let (frame, wire) = match frame {
+                Frame::Deflated { opcode, payload } => {
+                    let (inflater, reset) = match own_inflater {
+                        Some(own) => (&mut **own, false),
+                        None => (&mut *inflater, true),
+                    };
+                    match inflater.inflate(payload, reset, &mut head[..keep]) {
+                        Ok((len, kept)) => {
+                            counters.compressed_messages += 1;
+                            (Frame::Data { opcode, fin: true, len, prefix: &head[..kept] }, payload.len() as u64)
+                        }
+                        Err(_) => {
+                            invalid_deflate = true;
+                            return;
+                        }
+                    }
+                }
+                Frame::Data { len, .. } => (frame, len),
+                other => (other, 0),
+            };
+            match frame {
                 Frame::Data { opcode: OpCode::Text, len, prefix, .. } if json => {
                     // herald's JSON endpoint: replies are told from deliveries by their first bytes.
                     let head = match &target {
@@ -459,6 +499,7 @@ impl Worker {
                     match json::incoming(prefix, head) {
                         Incoming::Message(data) => {
                             counters.bytes += len;
+                            counters.wire_bytes += wire;
                             match &mut target {
                                 Sink::Sub(sub) => {
                                     sub.receive_header(json::read_header(data), recv_ns, measure, counters, hist)
@@ -476,6 +517,7 @@ impl Worker {
                         Incoming::Error(_) => counters.error_replies += 1,
                         Incoming::Other => {
                             counters.bytes += len;
+                            counters.wire_bytes += wire;
                             counters.messages += 1;
                             counters.foreign += 1;
                         }
@@ -483,6 +525,7 @@ impl Worker {
                 }
                 Frame::Data { opcode, len, prefix, .. } => {
                     counters.bytes += len;
+                    counters.wire_bytes += wire;
                     if opcode != OpCode::Continuation {
                         match &mut target {
                             Sink::Sub(sub) => sub.receive(prefix, recv_ns, measure, counters, hist),
@@ -510,14 +553,20 @@ impl Worker {
                         write_masked_frame(out, true, OpCode::Close, body, mask);
                     }
                 }
+                Frame::Deflated { .. } => {}
+            }
             })
             .map_err(|_| Failure::Protocol)?;
+        if invalid_deflate {
+            return Err(Failure::Protocol);
+        }
         if let State::Setup { awaiting: left, .. } = state {
             *left = awaiting;
         }
         if recv_ns >= measure && recv_ns < *end_ns {
             counters.messages_in_window += counters.messages - before;
             counters.bytes_in_window += counters.bytes - before_bytes;
+            counters.wire_bytes_in_window += counters.wire_bytes - before_wire;
         }
         if conn.pending() > 0 {
             conn.flush()?;
