@@ -22,6 +22,7 @@ mod conns;
 mod echo;
 mod engine;
 mod fanout;
+mod filler;
 mod findmax;
 mod inflate;
 mod json;
@@ -198,6 +199,10 @@ struct FanoutArgs {
     /// Publish text frames instead of binary (the payload header is binary: only for lenient servers).
     #[arg(long)]
     text: bool,
+    /// What follows the payload header: `padding` (`x`, compresses to almost nothing) or `json` (a realistic
+    /// JSON event, for compression figures); raw protocol only.
+    #[arg(long, value_enum, default_value_t = filler::Filler::Padding)]
+    payload: filler::Filler,
     /// Fail (exit 3) when more than this fraction of expected deliveries is missing (e.g. 0, 0.001, 0.1%).
     #[arg(long)]
     max_loss: Option<String>,
@@ -464,6 +469,7 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         pub_path: args.pub_path,
         topic_prefix: args.topic_prefix.unwrap_or_else(|| format!("lg{}-", std::process::id())),
         text: args.text,
+        payload: args.payload,
     };
     plan.validate()?;
     check_per_message(&cfg, plan.protocol)?;
@@ -608,6 +614,7 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         pub_path: "/pub/{topic}".to_owned(),
         topic_prefix: prefix.clone(),
         text: false,
+        payload: crate::filler::Filler::Padding,
     };
     fanout.validate()?;
     let interval = plan::parse_duration(&args.interval).context("--interval")?;
