@@ -189,9 +189,10 @@ impl Handshake {
                 }
                 // RFC 6455 section 4.1: an extension "not present in the client's handshake" fails the connection.
                 let head = std::str::from_utf8(&self.response[..accepted.head_len]).map_err(|_| Failure::Handshake)?;
-                let extensions = head.split("\r\n").filter_map(|line| line.split_once(':')).filter_map(|(name, value)| {
-                    name.trim().eq_ignore_ascii_case("sec-websocket-extensions").then_some(value)
-                });
+                let extensions =
+                    head.split("\r\n").filter_map(|line| line.split_once(':')).filter_map(|(name, value)| {
+                        name.trim().eq_ignore_ascii_case("sec-websocket-extensions").then_some(value)
+                    });
                 self.deflate =
                     crate::inflate::agreement(extensions, self.deflate_offered).map_err(|_| Failure::Handshake)?;
                 Ok(HandshakeProgress::Open(self.response.split_off(accepted.head_len)))

@@ -42,7 +42,10 @@ pub enum ExtensionError {
 
 /// Reads the server's `Sec-WebSocket-Extensions` values: `Ok(None)` when it did not accept permessage-deflate
 /// (loadgen then runs uncompressed), `Err` for an answer the client must fail the connection over.
-pub fn agreement<'a>(values: impl IntoIterator<Item = &'a str>, offered: bool) -> Result<Option<Agreement>, ExtensionError> {
+pub fn agreement<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    offered: bool,
+) -> Result<Option<Agreement>, ExtensionError> {
     let mut agreed = None;
     for extension in values.into_iter().flat_map(|v| v.split(',')) {
         let mut parts = extension.split(';').map(str::trim);
@@ -195,13 +198,23 @@ mod tests {
 
     #[test]
     fn reads_the_servers_answer() {
-        let herald = "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=15";
+        let herald =
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=15";
         assert_eq!(agreement([herald], true), Ok(Some(Agreement { no_context_takeover: true })));
         assert_eq!(agreement(["permessage-deflate"], true), Ok(Some(Agreement { no_context_takeover: false })));
         assert_eq!(agreement([], true), Ok(None));
-        assert_eq!(agreement(["permessage-deflate"], false), Err(ExtensionError::NotOffered("permessage-deflate".into())));
-        assert_eq!(agreement(["x-webkit-deflate-frame"], true), Err(ExtensionError::NotOffered("x-webkit-deflate-frame".into())));
-        assert!(matches!(agreement(["permessage-deflate; server_max_window_bits=7"], true), Err(ExtensionError::BadParameter(_))));
+        assert_eq!(
+            agreement(["permessage-deflate"], false),
+            Err(ExtensionError::NotOffered("permessage-deflate".into()))
+        );
+        assert_eq!(
+            agreement(["x-webkit-deflate-frame"], true),
+            Err(ExtensionError::NotOffered("x-webkit-deflate-frame".into()))
+        );
+        assert!(matches!(
+            agreement(["permessage-deflate; server_max_window_bits=7"], true),
+            Err(ExtensionError::BadParameter(_))
+        ));
         assert!(matches!(agreement(["permessage-deflate; mystery"], true), Err(ExtensionError::BadParameter(_))));
         assert_eq!(agreement(["permessage-deflate, permessage-deflate"], true), Err(ExtensionError::Repeated));
     }

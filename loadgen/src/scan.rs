@@ -24,6 +24,9 @@ use herald::protocol::frame::OpCode;
 /// The largest incomplete frame start kept between reads: a full header and a whole control payload.
 pub const CARRY_MAX: usize = 14 + 125;
 
+/// The most buffer capacity a connection keeps for collecting compressed messages between them.
+const DEFLATED_KEEP: usize = 64 * 1024;
+
 /// RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -144,6 +147,10 @@ impl Scanner {
                     on_frame(Frame::Deflated { opcode: self.deflated_opcode, payload: &self.deflated });
                     frames += 1;
                     self.deflated.clear();
+                    if self.deflated.capacity() > DEFLATED_KEEP {
+                        // One large message must not pin its size on an idle connection.
+                        self.deflated = Vec::new();
+                    }
                 }
             }
             let rest = &buf[pos..];

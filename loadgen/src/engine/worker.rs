@@ -466,95 +466,95 @@ impl Worker {
         };
         scanner
             .scan(&rbuf[..len], |frame| {
-            // A compressed message is inflated whole (its CPU is loadgen's), then read like a plain one; `wire`
-            // is what its payload took on the wire.
-            let mut head = [0u8; 125];
-            let (frame, wire) = match frame {
-                Frame::Deflated { opcode, payload } => {
-                    let (inflater, reset) = match own_inflater {
-                        Some(own) => (&mut **own, false),
-                        None => (&mut *inflater, true),
-                    };
-                    match inflater.inflate(payload, reset, &mut head[..keep]) {
-                        Ok((len, kept)) => {
-                            counters.compressed_messages += 1;
-                            (Frame::Data { opcode, fin: true, len, prefix: &head[..kept] }, payload.len() as u64)
-                        }
-                        Err(_) => {
-                            invalid_deflate = true;
-                            return;
-                        }
-                    }
-                }
-                Frame::Data { len, .. } => (frame, len),
-                other => (other, 0),
-            };
-            match frame {
-                Frame::Data { opcode: OpCode::Text, len, prefix, .. } if json => {
-                    // herald's JSON endpoint: replies are told from deliveries by their first bytes.
-                    let head = match &target {
-                        Sink::Sub(sub) => sub.head(),
-                        _ => &[],
-                    };
-                    match json::incoming(prefix, head) {
-                        Incoming::Message(data) => {
-                            counters.bytes += len;
-                            counters.wire_bytes += wire;
-                            match &mut target {
-                                Sink::Sub(sub) => {
-                                    sub.receive_header(json::read_header(data), recv_ns, measure, counters, hist)
-                                }
-                                _ => counters.messages += 1,
+                // A compressed message is inflated whole (its CPU is loadgen's), then read like a plain one; `wire`
+                // is what its payload took on the wire.
+                let mut head = [0u8; 125];
+                let (frame, wire) = match frame {
+                    Frame::Deflated { opcode, payload } => {
+                        let (inflater, reset) = match own_inflater {
+                            Some(own) => (&mut **own, false),
+                            None => (&mut *inflater, true),
+                        };
+                        match inflater.inflate(payload, reset, &mut head[..keep]) {
+                            Ok((len, kept)) => {
+                                counters.compressed_messages += 1;
+                                (Frame::Data { opcode, fin: true, len, prefix: &head[..kept] }, payload.len() as u64)
+                            }
+                            Err(_) => {
+                                invalid_deflate = true;
+                                return;
                             }
                         }
-                        Incoming::Ack => {
-                            counters.acks += 1;
-                            awaiting = awaiting.saturating_sub(1);
-                        }
-                        Incoming::Error(code) if awaiting > 0 => {
-                            refused.get_or_insert(ReplyCode::new(code));
-                        }
-                        Incoming::Error(_) => counters.error_replies += 1,
-                        Incoming::Other => {
-                            counters.bytes += len;
-                            counters.wire_bytes += wire;
-                            counters.messages += 1;
-                            counters.foreign += 1;
-                        }
                     }
-                }
-                Frame::Data { opcode, len, prefix, .. } => {
-                    counters.bytes += len;
-                    counters.wire_bytes += wire;
-                    if opcode != OpCode::Continuation {
-                        match &mut target {
-                            Sink::Sub(sub) => sub.receive(prefix, recv_ns, measure, counters, hist),
-                            Sink::Echo(e, local) => e.receive(*local, prefix, recv_ns, counters, hist),
-                            Sink::Count => counters.messages += 1,
-                        }
-                    }
-                }
-                Frame::Ping(payload) => {
-                    counters.pings += 1;
-                    if close.is_none() {
-                        write_masked_frame(out, true, OpCode::Pong, payload, mask);
-                    }
-                }
-                Frame::Pong(_) => {}
-                Frame::Close(payload) => {
-                    if close.is_none() {
-                        let code = match payload {
-                            [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                            _ => 0,
+                    Frame::Data { len, .. } => (frame, len),
+                    other => (other, 0),
+                };
+                match frame {
+                    Frame::Data { opcode: OpCode::Text, len, prefix, .. } if json => {
+                        // herald's JSON endpoint: replies are told from deliveries by their first bytes.
+                        let head = match &target {
+                            Sink::Sub(sub) => sub.head(),
+                            _ => &[],
                         };
-                        close = Some(code);
-                        // Echo the close (RFC 6455 section 5.5.1), code only.
-                        let body: &[u8] = if payload.len() >= 2 { &payload[..2] } else { &[] };
-                        write_masked_frame(out, true, OpCode::Close, body, mask);
+                        match json::incoming(prefix, head) {
+                            Incoming::Message(data) => {
+                                counters.bytes += len;
+                                counters.wire_bytes += wire;
+                                match &mut target {
+                                    Sink::Sub(sub) => {
+                                        sub.receive_header(json::read_header(data), recv_ns, measure, counters, hist)
+                                    }
+                                    _ => counters.messages += 1,
+                                }
+                            }
+                            Incoming::Ack => {
+                                counters.acks += 1;
+                                awaiting = awaiting.saturating_sub(1);
+                            }
+                            Incoming::Error(code) if awaiting > 0 => {
+                                refused.get_or_insert(ReplyCode::new(code));
+                            }
+                            Incoming::Error(_) => counters.error_replies += 1,
+                            Incoming::Other => {
+                                counters.bytes += len;
+                                counters.wire_bytes += wire;
+                                counters.messages += 1;
+                                counters.foreign += 1;
+                            }
+                        }
                     }
+                    Frame::Data { opcode, len, prefix, .. } => {
+                        counters.bytes += len;
+                        counters.wire_bytes += wire;
+                        if opcode != OpCode::Continuation {
+                            match &mut target {
+                                Sink::Sub(sub) => sub.receive(prefix, recv_ns, measure, counters, hist),
+                                Sink::Echo(e, local) => e.receive(*local, prefix, recv_ns, counters, hist),
+                                Sink::Count => counters.messages += 1,
+                            }
+                        }
+                    }
+                    Frame::Ping(payload) => {
+                        counters.pings += 1;
+                        if close.is_none() {
+                            write_masked_frame(out, true, OpCode::Pong, payload, mask);
+                        }
+                    }
+                    Frame::Pong(_) => {}
+                    Frame::Close(payload) => {
+                        if close.is_none() {
+                            let code = match payload {
+                                [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                                _ => 0,
+                            };
+                            close = Some(code);
+                            // Echo the close (RFC 6455 section 5.5.1), code only.
+                            let body: &[u8] = if payload.len() >= 2 { &payload[..2] } else { &[] };
+                            write_masked_frame(out, true, OpCode::Close, body, mask);
+                        }
+                    }
+                    Frame::Deflated { .. } => {}
                 }
-                Frame::Deflated { .. } => {}
-            }
             })
             .map_err(|_| Failure::Protocol)?;
         if invalid_deflate {
