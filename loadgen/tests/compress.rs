@@ -65,3 +65,41 @@ fn against_a_server_without_compression_the_run_is_uncompressed_and_says_so() {
     assert_eq!(num(j, "/delivery/delivered"), 25_000, "{}", r.stdout);
     assert_eq!(num(j, "/counters/wire_bytes_in_window"), num(j, "/counters/bytes_in_window"));
 }
+
+#[test]
+fn compressed_json_envelopes_on_ws_are_inflated_and_read_like_plain_ones() {
+    let _serial = serial();
+    let herald = Herald::start(&["--workers", "2", "--compression", "true"]);
+    let r = loadgen(&[
+        "fanout",
+        "--url",
+        &herald.url(),
+        "--threads",
+        "2",
+        "--no-pin",
+        "--quiet",
+        "--compress",
+        "--protocol",
+        "json",
+        "--subs",
+        "20",
+        "--pubs",
+        "1",
+        "--size",
+        "1KiB",
+        "--rate",
+        "500",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let j = &r.json;
+    assert_eq!(num(j, "/counters/deflate_negotiated"), 21);
+    assert_eq!(num(j, "/delivery/delivered"), 10_000, "{}", r.stdout);
+    assert_eq!(num(j, "/delivery/lost") + num(j, "/delivery/in_flight"), 0);
+    assert_eq!(num(j, "/counters/foreign"), 0, "every inflated envelope is recognised as a delivery");
+    assert!(num(j, "/counters/compressed_messages") >= 10_000, "{}", r.stdout);
+    assert!(num(j, "/counters/wire_bytes_in_window") < num(j, "/counters/bytes_in_window"));
+}
