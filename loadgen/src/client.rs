@@ -97,6 +97,10 @@ pub struct Handshake {
     response: Vec<u8>,
     /// Subprotocols offered (`Sec-WebSocket-Protocol`); the 101 may select one of them or none.
     offered: Vec<String>,
+    /// permessage-deflate was offered (`Sec-WebSocket-Extensions`).
+    deflate_offered: bool,
+    /// The server accepted permessage-deflate (known once the response is checked).
+    deflate: Option<crate::inflate::Agreement>,
 }
 
 /// What reading the handshake response gave.
@@ -122,7 +126,13 @@ impl Handshake {
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
             .collect();
-        Handshake { key, request, written: 0, response: Vec::new(), offered }
+        let deflate_offered = extra.iter().any(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"));
+        Handshake { key, request, written: 0, response: Vec::new(), offered, deflate_offered, deflate: None }
+    }
+
+    /// What the server agreed to for permessage-deflate (`None`: not offered, or declined).
+    pub fn deflate(&self) -> Option<crate::inflate::Agreement> {
+        self.deflate
     }
 
     /// The request bytes.
@@ -177,6 +187,14 @@ impl Handshake {
                         return Err(Failure::Handshake);
                     }
                 }
+                // RFC 6455 section 4.1: an extension "not present in the client's handshake" fails the connection.
+                let head = std::str::from_utf8(&self.response[..accepted.head_len]).map_err(|_| Failure::Handshake)?;
+                let extensions =
+                    head.split("\r\n").filter_map(|line| line.split_once(':')).filter_map(|(name, value)| {
+                        name.trim().eq_ignore_ascii_case("sec-websocket-extensions").then_some(value)
+                    });
+                self.deflate =
+                    crate::inflate::agreement(extensions, self.deflate_offered).map_err(|_| Failure::Handshake)?;
                 Ok(HandshakeProgress::Open(self.response.split_off(accepted.head_len)))
             }
             Err(HandshakeError::Refused(status)) if status != 101 && status != 0 => Err(Failure::HttpStatus(status)),
@@ -255,6 +273,32 @@ mod tests {
         let bytes = respond(&h, Some("chat"));
         let mut reader: &[u8] = &bytes;
         assert_eq!(h.read_response(&mut reader), Ok(HandshakeProgress::Open(vec![])));
+    }
+
+    #[test]
+    fn deflate_answer_is_recorded_and_an_unoffered_extension_fails_the_handshake() {
+        let respond = |h: &Handshake, extensions: &str| {
+            let mut out = Vec::new();
+            write_switching_protocols(&mut out, &accept_key(&h.key), None);
+            if !extensions.is_empty() {
+                out.truncate(out.len() - 2);
+                out.extend_from_slice(format!("Sec-WebSocket-Extensions: {extensions}\r\n\r\n").as_bytes());
+            }
+            out
+        };
+        let offer = [("Sec-WebSocket-Extensions", crate::inflate::OFFER)];
+        let answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        let mut h = Handshake::new("h", "/ws", [5; 16], &offer);
+        let bytes = respond(&h, answer);
+        assert_eq!(h.read_response(&mut &bytes[..]), Ok(HandshakeProgress::Open(vec![])));
+        assert_eq!(h.deflate(), Some(crate::inflate::Agreement { no_context_takeover: true }));
+        let mut h = Handshake::new("h", "/ws", [5; 16], &offer);
+        let bytes = respond(&h, "");
+        assert_eq!(h.read_response(&mut &bytes[..]), Ok(HandshakeProgress::Open(vec![])), "declined: uncompressed");
+        assert_eq!(h.deflate(), None);
+        let mut h = Handshake::new("h", "/ws", [5; 16], &[]);
+        let bytes = respond(&h, answer);
+        assert_eq!(h.read_response(&mut &bytes[..]), Err(Failure::Handshake), "not offered");
     }
 
     #[test]

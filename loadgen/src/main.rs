@@ -22,7 +22,9 @@ mod conns;
 mod echo;
 mod engine;
 mod fanout;
+mod filler;
 mod findmax;
+mod inflate;
 mod json;
 mod plan;
 mod plot;
@@ -89,6 +91,11 @@ struct CommonArgs {
     /// wss://: the name the server's certificate must carry (and the SNI sent); default: the URL's host.
     #[arg(long)]
     server_name: Option<String>,
+    /// Offer permessage-deflate (as browsers do: `permessage-deflate; client_max_window_bits`) and inflate
+    /// whatever arrives compressed; loadgen itself sends uncompressed. The report counts the connections that
+    /// negotiated it and gives wire and payload bytes apart.
+    #[arg(long)]
+    compress: bool,
     /// Worker threads (event loops); default: available cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -198,6 +205,10 @@ struct FanoutArgs {
     /// Publish text frames instead of binary (the payload header is binary: only for lenient servers).
     #[arg(long)]
     text: bool,
+    /// What follows the payload header: `padding` (`x`, compresses to almost nothing) or `json` (a realistic
+    /// JSON event, for compression figures); raw protocol only.
+    #[arg(long, value_enum, default_value_t = filler::Filler::Padding)]
+    payload: filler::Filler,
     /// Fail (exit 3) when more than this fraction of expected deliveries is missing (e.g. 0, 0.001, 0.1%).
     #[arg(long)]
     max_loss: Option<String>,
@@ -415,6 +426,7 @@ fn engine_config(c: &CommonArgs, pub_urls: &[String]) -> anyhow::Result<EngineCo
         rx_time: c.rx_time,
         auth: auth::Auth::from_args(&c.auth)?.map(std::sync::Arc::new),
         origin: c.auth.origin.clone(),
+        compress: c.compress,
         tls: client_tls(c, &targets)?.map(std::sync::Arc::new),
         target,
         targets,
@@ -485,6 +497,7 @@ fn run_fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         pub_path: args.pub_path,
         topic_prefix: args.topic_prefix.unwrap_or_else(|| format!("lg{}-", std::process::id())),
         text: args.text,
+        payload: args.payload,
     };
     plan.validate()?;
     check_per_message(&cfg, plan.protocol)?;
@@ -632,6 +645,7 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         pub_path: "/pub/{topic}".to_owned(),
         topic_prefix: prefix.clone(),
         text: false,
+        payload: crate::filler::Filler::Padding,
     };
     fanout.validate()?;
     let interval = plan::parse_duration(&args.interval).context("--interval")?;

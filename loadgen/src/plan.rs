@@ -306,6 +306,8 @@ pub struct FanoutPlan {
     /// Send binary frames (default) or text frames (the payload is then not valid UTF-8 in general; only
     /// for servers that require text: the padding is ASCII but the header bytes are not).
     pub text: bool,
+    /// What follows the payload header (`--payload`).
+    pub payload: crate::filler::Filler,
 }
 
 /// Serializes a duration as fractional seconds.
@@ -343,6 +345,9 @@ impl FanoutPlan {
                 check_template(&self.pub_path)?;
             }
             Protocol::Json => {
+                if self.payload != crate::filler::Filler::Padding {
+                    return invalid("--payload is for the raw protocol (--protocol json sends its own envelope)");
+                }
                 if !self.ws_path.starts_with('/') {
                     return invalid("--ws-path must start with /");
                 }
@@ -626,6 +631,7 @@ mod tests {
             pub_path: "/pub/{topic}".into(),
             topic_prefix: "t".into(),
             text: false,
+            payload: crate::filler::Filler::Padding,
         }
     }
 

@@ -134,6 +134,8 @@ pub struct EngineSummary {
     pub auth: Option<crate::auth::AuthSummary>,
     /// `wss://`: how TLS was set up and the handshakes it made (`null`: plain `ws://`).
     pub tls: Option<crate::tls::TlsSummary>,
+    /// `--compress`: permessage-deflate was offered (`counters.deflate_negotiated`: how many accepted).
+    pub compress: bool,
 }
 
 impl EngineSummary {
@@ -153,6 +155,7 @@ impl EngineSummary {
             rx_time: cfg.rx_time,
             auth: cfg.auth.as_ref().map(|a| a.summary()),
             tls: cfg.tls.as_ref().map(|t| t.summary()),
+            compress: cfg.compress,
         }
     }
 }
@@ -185,8 +188,10 @@ pub struct Throughput {
     pub published_bytes_per_s: f64,
     /// Messages received per second during the window (all subscribers, by receive time).
     pub delivered_msgs_per_s: f64,
-    /// Payload bytes received per second during the window.
+    /// Payload bytes received per second during the window (after inflating, with `--compress`).
     pub delivered_bytes_per_s: f64,
+    /// The same messages' payload bytes as they came on the wire (compressed or not) per second.
+    pub delivered_wire_bytes_per_s: f64,
     /// Deliveries per second the published messages called for.
     pub expected_msgs_per_s: f64,
 }
@@ -374,6 +379,7 @@ impl FanoutReport {
                 published_bytes_per_s: o.delivery.published as f64 * size / window,
                 delivered_msgs_per_s: o.counters.messages_in_window as f64 / window,
                 delivered_bytes_per_s: o.counters.bytes_in_window as f64 / window,
+                delivered_wire_bytes_per_s: o.counters.wire_bytes_in_window as f64 / window,
                 expected_msgs_per_s: o.delivery.expected as f64 / window,
             },
             latency,
@@ -445,6 +451,21 @@ impl FanoutReport {
             si(t.delivered_msgs_per_s),
             bytes_rate(t.delivered_bytes_per_s)
         );
+        if self.engine.compress {
+            let k = &self.counters;
+            let per = |b: u64| if k.messages_in_window > 0 { b as f64 / k.messages_in_window as f64 } else { 0.0 };
+            let _ = writeln!(
+                s,
+                "  compression  negotiated on {} of {} connections; {} messages inflated; per delivery {:.0} B wire, \
+                 {:.0} B payload ({} on the wire)",
+                k.deflate_negotiated,
+                c.opened,
+                k.compressed_messages,
+                per(k.wire_bytes_in_window),
+                per(k.bytes_in_window),
+                bytes_rate(t.delivered_wire_bytes_per_s)
+            );
+        }
         let d = &self.delivery;
         let pct = if d.expected > 0 { 100.0 * d.delivered as f64 / d.expected as f64 } else { 100.0 };
         let _ = writeln!(

@@ -8,6 +8,10 @@
 //! buffer, hands each one to a callback with at most `prefix` payload bytes, skips the rest of the payload
 //! (also across reads), and keeps an incomplete header (at most [`CARRY_MAX`] bytes) for the next read.
 //!
+//! With permessage-deflate negotiated ([`Scanner::enable_deflate`]), a compressed message (RSV1 on its first
+//! frame) is not skipped: its frames' payloads are collected (across reads) and handed back whole, once, as
+//! [`Frame::Deflated`], for the caller to inflate.
+//!
 //! It applies the same header checks as the `Decoder` in client role, with herald's own [`ProtocolError`]
 //! variants: a masked server frame, reserved bits, unknown opcodes, a fragmented or over-long control frame,
 //! a continuation without a message or a new message during one, a 64-bit length with its top bit set. It does
@@ -19,6 +23,9 @@ use herald::protocol::frame::OpCode;
 
 /// The largest incomplete frame start kept between reads: a full header and a whole control payload.
 pub const CARRY_MAX: usize = 14 + 125;
+
+/// The most buffer capacity a connection keeps for collecting compressed messages between them.
+const DEFLATED_KEEP: usize = 64 * 1024;
 
 /// RFC 6455 section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
 const MAX_CONTROL_PAYLOAD: u64 = 125;
@@ -44,6 +51,13 @@ pub enum Frame<'a> {
     Pong(&'a [u8]),
     /// A close frame with its whole payload (code and reason, unvalidated).
     Close(&'a [u8]),
+    /// A whole compressed message (permessage-deflate): its frames' payloads joined, still compressed.
+    Deflated {
+        /// Text or Binary: the opcode of its first frame.
+        opcode: OpCode,
+        /// The compressed bytes, without the `00 00 ff ff` tail the sender stripped.
+        payload: &'a [u8],
+    },
 }
 
 /// Scanning state of one connection between reads.
@@ -58,12 +72,46 @@ pub struct Scanner {
     /// The incomplete start of the next frame, moved to the front of the next read.
     carry: [u8; CARRY_MAX],
     carry_len: u8,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
+    /// The message in progress is compressed: its payload bytes go to `deflated`.
+    compressed: bool,
+    /// The current frame's payload (what `skip` counts down) is being collected into `deflated`.
+    collecting: bool,
+    /// The frame being collected is the message's last.
+    collect_fin: bool,
+    /// The opcode of the compressed message in progress.
+    deflated_opcode: OpCode,
+    /// The compressed message collected so far.
+    deflated: Vec<u8>,
 }
 
 impl Scanner {
     /// A scanner handing back up to `prefix` payload bytes of each data frame (at most 125).
     pub fn new(prefix: usize) -> Scanner {
-        Scanner { prefix: prefix.min(125), skip: 0, in_message: false, carry: [0; CARRY_MAX], carry_len: 0 }
+        Scanner {
+            prefix: prefix.min(125),
+            skip: 0,
+            in_message: false,
+            carry: [0; CARRY_MAX],
+            carry_len: 0,
+            deflate: false,
+            compressed: false,
+            collecting: false,
+            collect_fin: false,
+            deflated_opcode: OpCode::Binary,
+            deflated: Vec::new(),
+        }
+    }
+
+    /// permessage-deflate was negotiated: messages with RSV1 set are handed back whole as [`Frame::Deflated`].
+    pub fn enable_deflate(&mut self) {
+        self.deflate = true;
+    }
+
+    /// The most payload bytes a data frame hands back.
+    pub fn prefix(&self) -> usize {
+        self.prefix
     }
 
     /// Bytes kept from the previous read; the caller puts them at the front of the next buffer it scans.
@@ -82,14 +130,28 @@ impl Scanner {
         let end = buf.len();
         loop {
             if self.skip > 0 {
-                let avail = (end - pos) as u64;
-                if avail <= self.skip {
-                    self.skip -= avail;
-                    pos = end;
+                let take = ((end - pos) as u64).min(self.skip) as usize;
+                if self.collecting {
+                    self.deflated.extend_from_slice(&buf[pos..pos + take]);
+                }
+                pos += take;
+                self.skip -= take as u64;
+                if self.skip > 0 {
                     break;
                 }
-                pos += self.skip as usize;
-                self.skip = 0;
+            }
+            if self.collecting {
+                self.collecting = false;
+                if self.collect_fin {
+                    self.compressed = false;
+                    on_frame(Frame::Deflated { opcode: self.deflated_opcode, payload: &self.deflated });
+                    frames += 1;
+                    self.deflated.clear();
+                    if self.deflated.capacity() > DEFLATED_KEEP {
+                        // One large message must not pin its size on an idle connection.
+                        self.deflated = Vec::new();
+                    }
+                }
             }
             let rest = &buf[pos..];
             if rest.len() < 2 {
@@ -111,10 +173,13 @@ impl Scanner {
                 continue;
             }
             let rsv = (b0 >> 4) & 0x7;
-            if rsv != 0 {
+            let opcode = OpCode::from_u8(b0 & 0x0F);
+            // RFC 7692 section 6: RSV1 marks a compressed message, on its first frame only.
+            let rsv1 = self.deflate && rsv == 4 && matches!(opcode, Some(OpCode::Text | OpCode::Binary));
+            if rsv != 0 && !rsv1 {
                 return Err(ProtocolError::ReservedBits(rsv));
             }
-            let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::UnknownOpcode(b0 & 0x0F))?;
+            let opcode = opcode.ok_or(ProtocolError::UnknownOpcode(b0 & 0x0F))?;
             let fin = b0 & 0x80 != 0;
             let control = opcode.is_control();
             if control && !fin {
@@ -145,6 +210,22 @@ impl Scanner {
             }
             if len >> 63 != 0 {
                 return Err(ProtocolError::InvalidLength);
+            }
+            if opcode != OpCode::Continuation && !control {
+                self.compressed = rsv1;
+                self.deflated_opcode = opcode;
+            }
+            if self.compressed && !control {
+                if rest.len() < header {
+                    break;
+                }
+                // Collected by the skip step at the top of the loop, handed back once the message is whole.
+                self.in_message = !fin;
+                self.collecting = true;
+                self.collect_fin = fin;
+                self.skip = len;
+                pos += header;
+                continue;
             }
             // Control frames are handed back whole; data frames with their prefix.
             let want = if control { len as usize } else { len.min(self.prefix as u64) as usize };
@@ -220,6 +301,7 @@ mod tests {
                 Frame::Ping(p) => out.push(Seen::Ping(p.to_vec())),
                 Frame::Pong(p) => out.push(Seen::Pong(p.to_vec())),
                 Frame::Close(p) => out.push(Seen::Close(p.to_vec())),
+                Frame::Deflated { .. } => panic!("a compressed message without permessage-deflate negotiated"),
             })?;
         }
         Ok(out)
@@ -343,6 +425,63 @@ mod tests {
         for (bytes, err) in cases {
             assert_eq!(scan_all(bytes, &[bytes.len()], 20), Err(err.clone()), "{bytes:x?}");
             assert_eq!(decode_all(bytes, 20), Err(err), "decoder agrees on {bytes:x?}");
+        }
+    }
+
+    /// A compressed message of `pieces` frames (RSV1 on the first), with a ping between frames.
+    fn compressed_message(out: &mut Vec<u8>, opcode: OpCode, body: &[u8], pieces: usize) {
+        let cut = body.len() / pieces;
+        for i in 0..pieces {
+            let (from, to) = (i * cut, if i + 1 == pieces { body.len() } else { (i + 1) * cut });
+            let start = out.len();
+            write_header(out, i + 1 == pieces, if i == 0 { opcode } else { OpCode::Continuation }, to - from, None);
+            if i == 0 {
+                out[start] |= 0x40;
+            }
+            out.extend_from_slice(&body[from..to]);
+            if i + 1 < pieces {
+                write_frame(out, OpCode::Ping, b"p");
+            }
+        }
+    }
+
+    #[test]
+    fn with_deflate_hands_back_each_compressed_message_whole_however_it_is_split() {
+        let mut stream = Vec::new();
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        compressed_message(&mut stream, OpCode::Text, &big, 3);
+        write_frame(&mut stream, OpCode::Binary, b"plain message in between");
+        compressed_message(&mut stream, OpCode::Binary, b"small", 1);
+        compressed_message(&mut stream, OpCode::Binary, b"", 1);
+        for chunk in [1, 7, 300, 4096, stream.len()] {
+            let mut scanner = Scanner::new(20);
+            scanner.enable_deflate();
+            let mut seen = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let n = chunk.min(stream.len() - at);
+                let mut buf = scanner.carry().to_vec();
+                buf.extend_from_slice(&stream[at..at + n]);
+                at += n;
+                scanner
+                    .scan(&buf, |f| match f {
+                        Frame::Deflated { opcode, payload } => seen.push(format!("{opcode:?} {}", payload.len())),
+                        Frame::Data { len, fin: true, .. } => seen.push(format!("plain {len}")),
+                        Frame::Ping(_) => seen.push("ping".into()),
+                        other => panic!("unexpected {other:?}"),
+                    })
+                    .expect("valid stream");
+            }
+            assert_eq!(seen, ["ping", "ping", "Text 70000", "plain 24", "Binary 5", "Binary 0"], "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn with_deflate_rsv1_on_a_continuation_or_control_frame_is_still_an_error() {
+        for bytes in [&[0x01, 0x00, 0xC0, 0x00][..], &[0xC9, 0x00][..]] {
+            let mut scanner = Scanner::new(20);
+            scanner.enable_deflate();
+            assert_eq!(scanner.scan(bytes, |_| {}), Err(ProtocolError::ReservedBits(4)), "{bytes:x?}");
         }
     }
 

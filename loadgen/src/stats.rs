@@ -232,6 +232,14 @@ pub struct RecvCounters {
     pub messages_in_window: u64,
     /// Payload bytes received during the measured window (by receive time).
     pub bytes_in_window: u64,
+    /// Data frame payload bytes as they came on the wire: `bytes` before inflating (equal without compression).
+    pub wire_bytes: u64,
+    /// Wire bytes received during the measured window (by receive time).
+    pub wire_bytes_in_window: u64,
+    /// `--compress`: connections on which the server accepted permessage-deflate.
+    pub deflate_negotiated: u64,
+    /// Messages that arrived compressed (and were inflated).
+    pub compressed_messages: u64,
     /// Messages sent during the window that arrived (duplicates excluded), whenever they arrived.
     pub measured: u64,
     /// Duplicates (or messages more than 64 behind the newest of their publisher).
@@ -284,6 +292,10 @@ impl RecvCounters {
         self.bytes += o.bytes;
         self.messages_in_window += o.messages_in_window;
         self.bytes_in_window += o.bytes_in_window;
+        self.wire_bytes += o.wire_bytes;
+        self.wire_bytes_in_window += o.wire_bytes_in_window;
+        self.deflate_negotiated += o.deflate_negotiated;
+        self.compressed_messages += o.compressed_messages;
         self.measured += o.measured;
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;

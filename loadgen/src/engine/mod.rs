@@ -78,6 +78,8 @@ pub struct EngineConfig {
     pub origin: Option<String>,
     /// `wss://`: the TLS settings (`None`: plain `ws://`).
     pub tls: Option<Arc<ClientTls>>,
+    /// `--compress`: offer permessage-deflate and inflate what arrives compressed.
+    pub compress: bool,
 }
 
 /// Where a message's receive time comes from.
@@ -290,6 +292,9 @@ pub struct Conn {
     state: State,
     dialed_ns: u64,
     scanner: Scanner,
+    /// permessage-deflate with a server that keeps its context: this connection's own inflater (`None`: the
+    /// worker's, reset per message, or nothing was negotiated).
+    inflater: Option<Box<crate::inflate::MessageInflater>>,
     /// Bytes to write (publisher frames, pongs, close replies), from `out_pos`.
     pub(crate) out: Vec<u8>,
     pub(crate) out_pos: usize,

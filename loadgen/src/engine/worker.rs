@@ -40,6 +40,10 @@ pub struct Worker {
     sub_endpoints: usize,
     tls: Option<Arc<crate::tls::ClientTls>>,
     origin: Option<String>,
+    /// `--compress`: permessage-deflate is offered.
+    compress: bool,
+    /// Inflates the compressed messages of every connection whose server compresses each message on its own.
+    inflater: crate::inflate::MessageInflater,
     auth: Option<Arc<Auth>>,
     to_dial: VecDeque<Dial>,
     dial_interval_ns: u64,
@@ -126,6 +130,8 @@ impl Worker {
             sub_endpoints: cfg.sub_targets,
             tls: cfg.tls.clone(),
             origin: cfg.origin.clone(),
+            compress: cfg.compress,
+            inflater: crate::inflate::MessageInflater::default(),
             auth: cfg.auth.clone(),
             to_dial,
             dial_interval_ns: if per_thread_rate > 0.0 { (1e9 / per_thread_rate) as u64 } else { 0 },
@@ -357,6 +363,13 @@ impl Worker {
                         if let Some(tls) = &self.tls {
                             tls.count(&conn.stream);
                         }
+                        if let Some(agreed) = h.deflate() {
+                            self.counters.deflate_negotiated += 1;
+                            conn.scanner.enable_deflate();
+                            if !agreed.no_context_takeover {
+                                conn.inflater = Some(Box::default());
+                            }
+                        }
                         let setup = State::Setup { awaiting: 0, message_token: None };
                         if let State::Handshaking(opening) = std::mem::replace(&mut conn.state, setup) {
                             self.upgraded(token, opening.1, &rest);
@@ -437,9 +450,11 @@ impl Worker {
     /// Walks the frames in `rbuf[..len]` for connection `token`: the receive hot path. `Ok(true)`: the acks
     /// the connection was waiting for to open all arrived.
     fn process_rbuf(&mut self, token: usize, len: usize, recv_ns: u64) -> Result<bool, Failure> {
-        let Worker { conns, rbuf, load, counters, hist, rng, measure_ns, end_ns, .. } = self;
+        let Worker { conns, rbuf, load, counters, hist, rng, measure_ns, end_ns, inflater, .. } = self;
         let Some(conn) = conns.get_mut(token) else { return Ok(false) };
-        let Conn { scanner, out, kind, json, state, .. } = &mut *conn;
+        let Conn { scanner, out, kind, json, state, inflater: own_inflater, .. } = &mut *conn;
+        let keep = scanner.prefix();
+        let mut invalid_deflate = false;
         let (kind, json) = (*kind, *json);
         let mut awaiting = match state {
             State::Setup { awaiting, .. } => *awaiting,
@@ -450,6 +465,7 @@ impl Worker {
         let mut close: Option<u16> = None;
         let before = counters.messages;
         let before_bytes = counters.bytes;
+        let before_wire = counters.wire_bytes;
         let mask = (*rng as u32).to_le_bytes();
         let measure = *measure_ns;
         let mut target = match (kind, load) {
@@ -458,76 +474,109 @@ impl Worker {
             _ => Sink::Count,
         };
         scanner
-            .scan(&rbuf[..len], |frame| match frame {
-                Frame::Data { opcode: OpCode::Text, len, prefix, .. } if json => {
-                    // herald's JSON endpoint: replies are told from deliveries by their first bytes.
-                    let head = match &target {
-                        Sink::Sub(sub) => sub.head(),
-                        _ => &[],
-                    };
-                    match json::incoming(prefix, head) {
-                        Incoming::Message(data) => {
-                            counters.bytes += len;
-                            match &mut target {
-                                Sink::Sub(sub) => {
-                                    sub.receive_header(json::read_header(data), recv_ns, measure, counters, hist)
-                                }
-                                _ => counters.messages += 1,
+            .scan(&rbuf[..len], |frame| {
+                // A compressed message is inflated whole (its CPU is loadgen's), then read like a plain one; `wire`
+                // is what its payload took on the wire.
+                let mut head = [0u8; 125];
+                let (frame, wire) = match frame {
+                    Frame::Deflated { opcode, payload } => {
+                        let (inflater, reset) = match own_inflater {
+                            Some(own) => (&mut **own, false),
+                            None => (&mut *inflater, true),
+                        };
+                        match inflater.inflate(payload, reset, &mut head[..keep]) {
+                            Ok((len, kept)) => {
+                                counters.compressed_messages += 1;
+                                (Frame::Data { opcode, fin: true, len, prefix: &head[..kept] }, payload.len() as u64)
+                            }
+                            Err(_) => {
+                                invalid_deflate = true;
+                                return;
                             }
                         }
-                        Incoming::Ack => {
-                            counters.acks += 1;
-                            awaiting = awaiting.saturating_sub(1);
-                        }
-                        Incoming::Error(code) if awaiting > 0 => {
-                            refused.get_or_insert(ReplyCode::new(code));
-                        }
-                        Incoming::Error(_) => counters.error_replies += 1,
-                        Incoming::Gap => counters.gap_notices += 1,
-                        Incoming::Other => {
-                            counters.bytes += len;
-                            counters.messages += 1;
-                            counters.foreign += 1;
-                        }
                     }
-                }
-                Frame::Data { opcode, len, prefix, .. } => {
-                    counters.bytes += len;
-                    if opcode != OpCode::Continuation {
-                        match &mut target {
-                            Sink::Sub(sub) => sub.receive(prefix, recv_ns, measure, counters, hist),
-                            Sink::Echo(e, local) => e.receive(*local, prefix, recv_ns, counters, hist),
-                            Sink::Count => counters.messages += 1,
-                        }
-                    }
-                }
-                Frame::Ping(payload) => {
-                    counters.pings += 1;
-                    if close.is_none() {
-                        write_masked_frame(out, true, OpCode::Pong, payload, mask);
-                    }
-                }
-                Frame::Pong(_) => {}
-                Frame::Close(payload) => {
-                    if close.is_none() {
-                        let code = match payload {
-                            [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                            _ => 0,
+                    Frame::Data { len, .. } => (frame, len),
+                    other => (other, 0),
+                };
+                match frame {
+                    Frame::Data { opcode: OpCode::Text, len, prefix, .. } if json => {
+                        // herald's JSON endpoint: replies are told from deliveries by their first bytes.
+                        let head = match &target {
+                            Sink::Sub(sub) => sub.head(),
+                            _ => &[],
                         };
-                        close = Some(code);
-                        // Echo the close (RFC 6455 section 5.5.1), code only.
-                        let body: &[u8] = if payload.len() >= 2 { &payload[..2] } else { &[] };
-                        write_masked_frame(out, true, OpCode::Close, body, mask);
+                        match json::incoming(prefix, head) {
+                            Incoming::Message(data) => {
+                                counters.bytes += len;
+                                counters.wire_bytes += wire;
+                                match &mut target {
+                                    Sink::Sub(sub) => {
+                                        sub.receive_header(json::read_header(data), recv_ns, measure, counters, hist)
+                                    }
+                                    _ => counters.messages += 1,
+                                }
+                            }
+                            Incoming::Ack => {
+                                counters.acks += 1;
+                                awaiting = awaiting.saturating_sub(1);
+                            }
+                            Incoming::Error(code) if awaiting > 0 => {
+                                refused.get_or_insert(ReplyCode::new(code));
+                            }
+                            Incoming::Error(_) => counters.error_replies += 1,
+                            Incoming::Gap => counters.gap_notices += 1,
+                            Incoming::Other => {
+                                counters.bytes += len;
+                                counters.wire_bytes += wire;
+                                counters.messages += 1;
+                                counters.foreign += 1;
+                            }
+                        }
                     }
+                    Frame::Data { opcode, len, prefix, .. } => {
+                        counters.bytes += len;
+                        counters.wire_bytes += wire;
+                        if opcode != OpCode::Continuation {
+                            match &mut target {
+                                Sink::Sub(sub) => sub.receive(prefix, recv_ns, measure, counters, hist),
+                                Sink::Echo(e, local) => e.receive(*local, prefix, recv_ns, counters, hist),
+                                Sink::Count => counters.messages += 1,
+                            }
+                        }
+                    }
+                    Frame::Ping(payload) => {
+                        counters.pings += 1;
+                        if close.is_none() {
+                            write_masked_frame(out, true, OpCode::Pong, payload, mask);
+                        }
+                    }
+                    Frame::Pong(_) => {}
+                    Frame::Close(payload) => {
+                        if close.is_none() {
+                            let code = match payload {
+                                [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                                _ => 0,
+                            };
+                            close = Some(code);
+                            // Echo the close (RFC 6455 section 5.5.1), code only.
+                            let body: &[u8] = if payload.len() >= 2 { &payload[..2] } else { &[] };
+                            write_masked_frame(out, true, OpCode::Close, body, mask);
+                        }
+                    }
+                    Frame::Deflated { .. } => {}
                 }
             })
             .map_err(|_| Failure::Protocol)?;
+        if invalid_deflate {
+            return Err(Failure::Protocol);
+        }
         if let State::Setup { awaiting: left, .. } = state {
             *left = awaiting;
         }
         if recv_ns >= measure && recv_ns < *end_ns {
             counters.messages_in_window += counters.messages - before;
             counters.bytes_in_window += counters.bytes - before_bytes;
+            counters.wire_bytes_in_window += counters.wire_bytes - before_wire;
         }
         if conn.pending() > 0 {
             conn.flush()?;

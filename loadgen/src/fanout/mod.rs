@@ -134,7 +134,7 @@ impl FanoutLocal {
         }
         let routes = (0..plan.pubs).map(|p| (plan.topic_of_pub(p) as u32, plan.slot_of_pub(p) as u32)).collect();
         // Padding is ASCII so that text mode stays mostly readable.
-        let payload = vec![b'x'; plan.size];
+        let payload = plan.payload.payload(plan.size, payload::HEADER_LEN);
         let heads = match plan.protocol {
             Protocol::Raw => Vec::new(),
             Protocol::Json => (0..plan.topics).map(|t| json::envelope_head(&plan.topic_name(t))).collect(),

@@ -24,6 +24,7 @@ fn plan(subs: usize, topics: usize, pubs: usize, window: Option<u64>) -> Arc<Fan
         pub_path: "/pub/{topic}".into(),
         topic_prefix: "t".into(),
         text: false,
+        payload: crate::filler::Filler::Padding,
     })
 }
 

@@ -79,8 +79,14 @@ impl Worker {
                 _ => (dial.path.clone(), None),
             };
             let origin = self.origin.as_deref().map(|o| ("Origin", o));
-            let extra: Vec<(&str, &str)> =
-                header.as_ref().map(|(name, value)| (*name, value.as_str())).into_iter().chain(origin).collect();
+            let deflate = self.compress.then_some(("Sec-WebSocket-Extensions", crate::inflate::OFFER));
+            let extra: Vec<(&str, &str)> = header
+                .as_ref()
+                .map(|(name, value)| (*name, value.as_str()))
+                .into_iter()
+                .chain(origin)
+                .chain(deflate)
+                .collect();
             let handshake = Handshake::new(&self.endpoints[endpoint].1, &path, nonce, &extra);
             let prefix = if dial.json { json::PREFIX_LEN } else { crate::plan::payload::HEADER_LEN };
             entry.insert(Conn {
@@ -90,6 +96,7 @@ impl Worker {
                 state: State::Handshaking(Box::new((handshake, dial))),
                 dialed_ns: self.now,
                 scanner: Scanner::new(prefix),
+                inflater: None,
                 out: Vec::new(),
                 out_pos: 0,
                 write_blocked: false,
