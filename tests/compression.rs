@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -27,16 +27,8 @@ fn upgrade(addr: SocketAddr, path: &str, extensions: Option<&str>) -> (FrameRead
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     stream.write_all(req.as_bytes()).expect("write");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = stream.read(&mut chunk).expect("read 101");
-        assert!(n > 0, "closed during handshake");
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let mut buf = support::read_head(&mut stream);
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("closed during handshake") + 4;
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let answered = head

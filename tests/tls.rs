@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::tls::{client_config_trusting, presented, tls_connect, wss_connect, TestCert, TlsServer, TlsStream};
-use support::{client_frame, connect, expect_close_on, next_data, parse_response, wait_until};
+use support::{client_frame, connect, expect_close_on, next_data, parse_response, read_head, wait_until};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
@@ -120,16 +120,8 @@ fn raw_upgrade(srv: &TlsServer, path: &str) -> (TlsStream, Vec<u8>) {
     );
     // The request head itself crosses three records.
     send_in_records(&mut s, req.as_bytes(), &[3, 40]);
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut chunk).expect("read 101");
-        assert!(n > 0, "closed during the upgrade");
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let mut buf = read_head(&mut s);
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole response head") + 4;
     assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
     (s, buf.split_off(end))
 }
@@ -397,14 +389,7 @@ fn upgrade_status(s: &mut TlsStream) -> u16 {
     let req = "GET /sub/p HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     s.write_all(req.as_bytes()).expect("upgrade request");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut chunk).expect("response");
-        assert!(n > 0, "closed before a response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    parse_response(&buf).0
+    parse_response(&read_head(s)).0
 }
 
 #[test]

@@ -5,10 +5,9 @@
 //! connection reads ciphertext into the worker's scratch buffer and decrypts it into its read buffer, then
 //! everything above (HTTP, the WebSocket core, limits) runs as for a plain one. On the way out, what the
 //! connection queued in the turn is sealed in one go (few records, not one per frame) once the previous
-//! records are written, so ciphertext never piles up: a peer that does not read leaves plaintext in the
-//! outbox, where `max_backpressure` and the slow-consumer policy apply as usual.
+//! records are written (`Worker::write_queued`), so ciphertext never piles up.
 
-use std::io::{self, Write};
+use std::io::Write;
 
 use bytes::BytesMut;
 
@@ -132,41 +131,6 @@ impl Worker {
         self.conns.get(key).is_some_and(|c| !c.rbuf.is_empty())
     }
 
-    /// Writes a TLS connection's output: pending records first; once they are all out, the whole outbox is
-    /// sealed (one call: frames share records) and written in turn. Stops when both are empty or the socket
-    /// is full (then waits for WRITABLE). Returns false when the write failed and the connection was closed.
-    pub(super) fn write_tls(&mut self, key: ConnKey) -> bool {
-        let Some(conn) = self.conns.get_mut(key) else { return false };
-        let Transport::Tls(tls) = &mut conn.transport else { return true };
-        loop {
-            if tls.session.wants_write() {
-                match tls.session.write_tls_to(&mut conn.stream) {
-                    Ok(0) => return true,
-                    Ok(n) => {
-                        self.metrics.add(Metric::BytesOut, n as u64);
-                        self.metrics.inc(Metric::Writes);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.wait_writable(key);
-                        return true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        self.close_now(key);
-                        return false;
-                    }
-                }
-            } else if !conn.outbox.is_empty() {
-                if conn.outbox.write_to(&mut tls.session.sealer()).is_err() {
-                    self.close_now(key);
-                    return false;
-                }
-            } else {
-                return true;
-            }
-        }
-    }
-
     /// Before a TLS connection's write side is shut down: queues our `close_notify` (once) and writes it.
     /// Returns false when the connection was closed by a failed write.
     pub(super) fn say_close_notify(&mut self, key: ConnKey) -> bool {
@@ -177,7 +141,7 @@ impl Worker {
         }
         tls.notified = true;
         tls.session.close();
-        self.write_tls(key)
+        self.write_queued(key)
     }
 
     /// A connection is being dropped: a TLS handshake still under way ends here (the client left, or was

@@ -32,25 +32,17 @@ pub struct TlsConn {
     pub notified: bool,
 }
 
-/// What the first bytes on a TLS port were, when they were not a TLS handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotTls {
-    /// An HTTP request in the clear (a client that used `http://` or `ws://` against the TLS port).
-    PlainHttp,
-}
-
 impl TlsConn {
     /// A session that has seen nothing yet.
     pub fn new(session: TlsSession) -> Self {
         TlsConn { session, started: false, counted: false, notified: false }
     }
 
-    /// Whether `first` (the first bytes a client sent on a TLS port) is a plain-text HTTP request rather than a
-    /// TLS record (whose first byte is the handshake content type, 22).
-    pub fn sniff(first: &[u8]) -> Option<NotTls> {
+    /// Whether `first` (the first bytes a client sent on a TLS port) is a plain-text HTTP request (a client that
+    /// used `http://` or `ws://`) rather than a TLS record (whose first byte is the handshake content type, 22).
+    pub fn is_plain_http(first: &[u8]) -> bool {
         let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
-        let is_http = method >= 3 && first.get(method).is_none_or(|&b| b == b' ');
-        (first.first() != Some(&22) && is_http).then_some(NotTls::PlainHttp)
+        method >= 3 && first.get(method).is_none_or(|&b| b == b' ')
     }
 
     /// Feeds ciphertext read from the socket; the plaintext is appended to `plaintext`.
@@ -99,10 +91,10 @@ mod tests {
 
     #[test]
     fn plain_http_on_a_tls_port_is_told_from_a_client_hello() {
-        assert_eq!(TlsConn::sniff(b"GET /sub/a HTTP/1.1\r\n"), Some(NotTls::PlainHttp));
-        assert_eq!(TlsConn::sniff(b"POST"), Some(NotTls::PlainHttp));
-        assert_eq!(TlsConn::sniff(&[22, 3, 1, 0, 200]), None);
-        assert_eq!(TlsConn::sniff(b"\x00\x01garbage"), None);
-        assert_eq!(TlsConn::sniff(b"GE"), None);
+        assert!(TlsConn::is_plain_http(b"GET /sub/a HTTP/1.1\r\n"));
+        assert!(TlsConn::is_plain_http(b"POST"));
+        assert!(!TlsConn::is_plain_http(&[22, 3, 1, 0, 200]));
+        assert!(!TlsConn::is_plain_http(b"\x00\x01garbage"));
+        assert!(!TlsConn::is_plain_http(b"GE"));
     }
 }

@@ -648,7 +648,7 @@ impl Worker {
             }
             let read = match conn.transport.tls_mut() {
                 Some(tls) if !raw => match conn.stream.read(&mut self.tls_scratch) {
-                    Ok(n) if !tls.started && TlsConn::sniff(&self.tls_scratch[..n]).is_some() => {
+                    Ok(n) if !tls.started && TlsConn::is_plain_http(&self.tls_scratch[..n]) => {
                         tls_failed = Some(super::secure::Failure::PlainHttp);
                         break;
                     }
@@ -892,19 +892,31 @@ impl Worker {
 
     /// Writes what `key` has queued until the queue is empty or the socket is full (then registers for
     /// WRITABLE). Returns false when the write failed and the connection was closed.
+    ///
+    /// Over TLS the pending records go first; only once they are all out is the whole outbox sealed (one call:
+    /// frames share records), so a peer that does not read leaves plaintext in its outbox, where
+    /// `max_backpressure` and the slow-consumer policy apply, not ciphertext in the session.
     pub(super) fn write_queued(&mut self, key: ConnKey) -> bool {
-        let Some(conn) = self.conns.get_mut(key) else { return false };
-        if let Transport::Tls(_) = conn.transport {
-            return self.write_tls(key);
-        }
         loop {
-            match conn.outbox.write_to(&mut conn.stream) {
+            let Some(conn) = self.conns.get_mut(key) else { return false };
+            let written = match &mut conn.transport {
+                Transport::Plain if conn.outbox.is_empty() => return true,
+                Transport::Plain => conn.outbox.write_to(&mut conn.stream),
+                Transport::Tls(tls) if tls.session.wants_write() => tls.session.write_tls_to(&mut conn.stream),
+                Transport::Tls(_) if conn.outbox.is_empty() => return true,
+                Transport::Tls(tls) => {
+                    if conn.outbox.write_to(&mut tls.session.sealer()).is_err() {
+                        self.close_now(key);
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            match written {
+                Ok(0) => return true,
                 Ok(n) => {
                     self.metrics.add(Metric::BytesOut, n as u64);
                     self.metrics.inc(Metric::Writes);
-                    if conn.outbox.is_empty() || n == 0 {
-                        return true;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait_writable(key);

@@ -24,9 +24,9 @@
 //! reason, sends the alert and closes; `close_notify` from the peer is EOF. With `proxy_protocol`, the PROXY
 //! header is read in the clear first and what follows it is fed to the session.
 //!
-//! **Write path.** `write_tls`: pending records are written first (`write_tls_to`: one `write` of all
-//! records); only when none are pending is the whole outbox sealed (`outbox.write_to(&mut sealer())`: one
-//! `write_vectored` of up to `IOV_MAX` frames, so a fan-out turn of many small frames becomes one or a few
+//! **Write path.** `Worker::write_queued`: for a TLS connection, pending records are written first
+//! (`write_tls_to`: one `write` of all of them); only when none are pending is the whole outbox sealed
+//! (`outbox.write_to(&mut sealer())`: one `write_vectored` of up to `IOV_MAX` frames, so a fan-out turn of many small frames becomes one or a few
 //! records). A peer that stops reading therefore leaves plaintext in the outbox, where `max_backpressure`,
 //! read pausing and the slow-consumer policy apply unchanged. WRITABLE interest follows the outbox and the
 //! pending records. Before the write side is shut down, `close_notify` is queued and flushed.

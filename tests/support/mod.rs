@@ -149,7 +149,7 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) 
 
 /// Reads from `s` until a whole response head has arrived (or the server closes or times out); a 101 leaves
 /// the connection open, so reading to EOF would wait.
-pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+pub fn read_head<S: Read>(s: &mut S) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
