@@ -234,6 +234,35 @@ impl FromStr for SlowConsumerPolicy {
     }
 }
 
+/// `server.backend`: how the workers wait for sockets and move their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A `mio` (epoll) loop: readiness, then `read`/`writev`/`accept` system calls. The default.
+    Epoll,
+    /// An io_uring ring per worker: multishot accept and receive, one submission for a turn's sends.
+    Uring,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Epoll => "epoll",
+            Backend::Uring => "uring",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "epoll" => Ok(Backend::Epoll),
+            "uring" | "io_uring" => Ok(Backend::Uring),
+            other => Err(format!("`{other}` is not a backend (epoll or uring)")),
+        }
+    }
+}
+
 /// `cluster.on_overflow`: what a publish meets when the queue to Redis holds `cluster.max_pending` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverflowPolicy {
@@ -601,6 +630,7 @@ deserialize_via_from_str!(
     Size,
     Dur,
     SlowConsumerPolicy,
+    Backend,
     LogFormat,
     CpuList,
     AuthModeSetting,
@@ -649,6 +679,7 @@ toml_quoted!(
     CpuList,
     LogFormat,
     SlowConsumerPolicy,
+    Backend,
     AuthModeSetting,
     OverflowPolicy,
     GapPolicy,
@@ -748,6 +779,14 @@ section! {
         log_format: LogFormat = LogFormat::Human;
         /// Pin each worker to a core (default true; `--no-pin` turns it off).
         pin: bool = true;
+        /// How workers wait and move bytes: epoll or uring (default epoll). `uring` refuses to start, naming
+        /// the cause, where io_uring cannot be set up (old kernel, seccomp, RLIMIT_MEMLOCK); it never falls back.
+        backend: Backend = Backend::Epoll;
+        /// uring: receive buffers per worker, each `read_buffer` bytes, lent to connections only while bytes are
+        /// in them (default 512, rounded up to a power of two). When all are in use, receiving waits for one to come back (counted).
+        uring_buffers: usize = 512;
+        /// uring: submission queue entries per worker (default 4096; a turn with more sends submits early).
+        uring_entries: u32 = 4096;
         /// Proxies whose word on the client's address is taken: IP addresses and CIDR blocks, e.g.
         /// `10.0.0.0/8, 127.0.0.1, ::1` (default: empty, trust nobody). For a connection from one of them, the
         /// client is the rightmost address in X-Forwarded-For (or Forwarded: for=) that is not itself trusted,
@@ -1180,6 +1219,18 @@ impl Config {
         }
         if t.listen.0.is_some_and(|a| a == self.server.listen.0 && a.port() != 0) {
             return Err(invalid("tls.listen", "must differ from server.listen (leave it empty to make that one TLS)"));
+        }
+        let sv = &self.server;
+        if sv.backend == Backend::Uring {
+            if !(16..=32768).contains(&sv.uring_buffers) {
+                return Err(invalid("server.uring_buffers", "must be between 16 and 32768"));
+            }
+            if !(64..=32768).contains(&sv.uring_entries) {
+                return Err(invalid("server.uring_entries", "must be between 64 and 32768"));
+            }
+            if self.limits.read_buffer.bytes() > u32::MAX as usize {
+                return Err(invalid("limits.read_buffer", "must be under 4 GiB with the uring backend"));
+            }
         }
         let c = &self.compression;
         if !(1..=9).contains(&c.level) {

@@ -4,7 +4,7 @@
 //! - [`protocol`]: the sans-IO RFC 6455 core (handshake, frames, UTF-8, close, ping/pong), both roles.
 //!   No sockets, no threads, no clock reads: bytes and `now` in, events and bytes out.
 //! - [`broker`]: topics, the per-worker topic index, and the cross-worker mesh.
-//! - [`server`]: the I/O side: listeners, one `mio` loop per worker, connections and outboxes.
+//! - [`server`]: the I/O side: listeners, one loop per worker (epoll or io_uring), connections and outboxes.
 //! - [`config`]: every setting, its default and its documentation, once.
 //! - [`metrics`]: per-worker counters and the Prometheus text rendering.
 //! - [`cluster`]: several nodes over Redis Pub/Sub: the RESP codec, the envelope, the bridge thread.

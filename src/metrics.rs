@@ -78,6 +78,7 @@ series! {
     JsonDepthLimit => "herald_limit_hits_total", Counter, "limit=\"max_json_depth\"", "";
     NewTopicRateLimit => "herald_limit_hits_total", Counter, "limit=\"max_new_topics_per_second\"", "";
     ReadPauses => "herald_read_pauses_total", Counter, "", "Times reading from a connection was paused because its own queued replies passed max_backpressure.";
+    UringBuffersExhausted => "herald_uring_buffers_exhausted_total", Counter, "", "Receives (uring backend) that found every provided buffer in use and waited for one (server.uring_buffers).";
     Close1000 => "herald_close_codes_sent_total", Counter, "code=\"1000\"", "Close frames sent, by code.";
     Close1001 => "herald_close_codes_sent_total", Counter, "code=\"1001\"", "";
     Close1002 => "herald_close_codes_sent_total", Counter, "code=\"1002\"", "";

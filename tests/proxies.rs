@@ -306,6 +306,7 @@ fn counts_return_to_zero_after_every_close() {
 fn refusals_are_logged_with_the_client_address() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["--listen", "127.0.0.1:0", "--no-pin", "--workers", "1", "--trusted-proxies", "127.0.0.1"])
+        .args(["--backend", &support::backend()])
         .args(["--max-connections-per-ip", "1"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

@@ -11,7 +11,8 @@ use support::{raw_exchange, Server};
 
 fn herald() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.env_remove("RUST_LOG").stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_remove("RUST_LOG").env("HERALD_SERVER_BACKEND", support::backend());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
 

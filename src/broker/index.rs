@@ -567,7 +567,7 @@ mod tests {
     fn mesh(n: usize, me: usize) -> (Vec<mio::Poll>, MeshEnd, Vec<crate::broker::mesh::Inbox>) {
         let polls: Vec<mio::Poll> = (0..n).map(|_| mio::Poll::new().expect("poll")).collect();
         let wakers =
-            polls.iter().map(|p| Arc::new(mio::Waker::new(p.registry(), mio::Token(0)).expect("waker"))).collect();
+            polls.iter().map(|p| Arc::new(mio::Waker::new(p.registry(), mio::Token(0)).expect("waker")) as _).collect();
         let (handles, inboxes) = inboxes(wakers, 16);
         (polls, MeshEnd::new(me, handles), inboxes)
     }

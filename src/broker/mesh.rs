@@ -1,4 +1,4 @@
-//! The cross-worker mesh: one bounded inbox and one `mio::Waker` per worker, and what travels between them.
+//! The cross-worker mesh: one bounded inbox and one waker per worker, and what travels between them.
 //!
 //! Only [`MeshMsg`] values, senders and wakers cross threads; every worker's topic index and connections stay
 //! on its own core. Broadcast batches go through a bounded channel: when a peer's inbox is full the batch is
@@ -86,12 +86,25 @@ pub enum CertUpdate {
     Failed,
 }
 
+/// What makes a worker's loop look at its inbox: a `mio::Waker` for the epoll driver, an eventfd the ring
+/// reads for the io_uring one.
+pub trait Wake: Send + Sync + std::fmt::Debug {
+    /// Wakes the loop (at most once per turn per sender: see [`MeshEnd::wake_peers`]).
+    fn wake(&self) -> std::io::Result<()>;
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) -> std::io::Result<()> {
+        mio::Waker::wake(self)
+    }
+}
+
 /// The sending side of one worker's inbox, plus the waker that makes it look.
 #[derive(Debug, Clone)]
 pub struct PeerHandle {
     data: Sender<MeshMsg>,
     control: Sender<MeshMsg>,
-    waker: Arc<mio::Waker>,
+    waker: Arc<dyn Wake>,
 }
 
 impl PeerHandle {
@@ -139,7 +152,7 @@ impl Inbox {
 }
 
 /// Builds one inbox per worker: `capacity` is the bounded data queue's length, in batches.
-pub fn inboxes(wakers: Vec<Arc<mio::Waker>>, capacity: usize) -> (Vec<PeerHandle>, Vec<Inbox>) {
+pub fn inboxes(wakers: Vec<Arc<dyn Wake>>, capacity: usize) -> (Vec<PeerHandle>, Vec<Inbox>) {
     let mut handles = Vec::with_capacity(wakers.len());
     let mut inboxes = Vec::with_capacity(wakers.len());
     for waker in wakers {
@@ -346,10 +359,12 @@ mod tests {
         assert_send::<ExternalPublisher>();
     }
 
-    fn wakers(n: usize) -> (Vec<mio::Poll>, Vec<Arc<mio::Waker>>) {
+    fn wakers(n: usize) -> (Vec<mio::Poll>, Vec<Arc<dyn Wake>>) {
         let polls: Vec<mio::Poll> = (0..n).map(|_| mio::Poll::new().expect("poll")).collect();
-        let wakers =
-            polls.iter().map(|p| Arc::new(mio::Waker::new(p.registry(), mio::Token(0)).expect("waker"))).collect();
+        let wakers = polls
+            .iter()
+            .map(|p| Arc::new(mio::Waker::new(p.registry(), mio::Token(0)).expect("waker")) as Arc<dyn Wake>)
+            .collect();
         (polls, wakers)
     }
 

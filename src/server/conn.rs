@@ -4,12 +4,11 @@
 //! Memory per idle connection is kept small: the read buffer is taken from the worker's pool only while bytes
 //! are being read or a message is half-received, and the outbox holds no allocation while empty.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use mio::net::TcpStream;
 
 use super::outbox::Outbox;
 use super::transport::Transport;
@@ -72,27 +71,30 @@ pub enum Phase {
 }
 
 /// Flag: the connection is in the worker's flush list for this turn.
-pub const DIRTY: u8 = 1;
+pub const DIRTY: u16 = 1;
 /// Flag: registered for WRITABLE because the last write would have blocked.
-pub const WRITE_WAIT: u8 = 2;
+pub const WRITE_WAIT: u16 = 2;
 /// Flag: in the worker's list of connections to read again (stopped before `WouldBlock`, or paused).
-pub const READ_AGAIN: u8 = 4;
+pub const READ_AGAIN: u16 = 4;
 /// Flag: our write side is shut down (lingering close).
-pub const SHUT_WR: u8 = 8;
+pub const SHUT_WR: u16 = 8;
 /// Flag: the peer has closed its write side (EOF seen).
-pub const PEER_EOF: u8 = 16;
+pub const PEER_EOF: u16 = 16;
 /// Flag: the poller reported the peer's hang-up (FIN or reset): read to the end, whatever the read sizes.
-pub const PEER_HUP: u8 = 32;
+pub const PEER_HUP: u16 = 32;
 /// Flag: not read because its queued output is over `max_backpressure`; resumed when it drains.
-pub const READ_PAUSED: u8 = 64;
+pub const READ_PAUSED: u16 = 64;
 /// Flag: the peer is a trusted proxy whose word on the client's address is still to be taken: the PROXY header
 /// it must send first (`proxy_protocol`; cleared once read), or the `X-Forwarded-For` of each request.
-pub const VIA_PROXY: u8 = 128;
+pub const VIA_PROXY: u16 = 128;
+/// Flag: a send is in flight (io_uring): its bytes belong to the kernel until the completion, and nothing more
+/// is written to the socket before it.
+pub const SENDING: u16 = 256;
 
 /// A connection owned by one worker.
 #[derive(Debug)]
 pub struct Conn {
-    /// The socket.
+    /// The socket (non-blocking). The worker's driver reads and writes it; the state only shuts it down.
     pub stream: TcpStream,
     /// In the clear or through TLS (the only difference between the two).
     pub transport: Transport,
@@ -107,8 +109,9 @@ pub struct Conn {
     pub ip: IpAddr,
     /// Its auth state (`Off` when auth is not in force).
     pub auth: ConnAuth,
-    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`, `PEER_HUP`, `READ_PAUSED`, `VIA_PROXY`.
-    pub flags: u8,
+    /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`, `PEER_HUP`, `READ_PAUSED`, `VIA_PROXY`,
+    /// `SENDING`.
+    pub flags: u16,
     /// Receive memory (read buffer plus message reassembly) counted against the worker's budget.
     pub held: u32,
 }
@@ -159,9 +162,9 @@ impl Conn {
         phase_done && self.outbox.is_empty()
     }
 
-    /// Whether nothing waits to be written: no queued frames and no ciphertext.
+    /// Whether nothing waits to be written: no queued frames, no ciphertext, no send in flight.
     pub fn output_empty(&self) -> bool {
-        self.outbox.is_empty() && !self.transport.wants_write()
+        self.outbox.is_empty() && !self.transport.wants_write() && self.flags & SENDING == 0
     }
 }
 

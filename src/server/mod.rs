@@ -1,7 +1,8 @@
 //! The I/O side: listeners, one pinned `mio` worker per core, and the handle that starts and stops them.
 //!
 //! - [`listener`]: one `SO_REUSEPORT` socket per worker on the same address.
-//! - [`worker`]: the loop, accept, read, flush, timers, drain.
+//! - [`worker`]: a worker's state: admit, read, process, flush, timers, drain, whichever driver runs it.
+//! - [`driver`]: how a worker waits and moves bytes: `epoll` (mio) or `uring` (io_uring).
 //! - [`http`]: requests before the upgrade, and plain HTTP endpoints.
 //! - [`ws`]: what each WebSocket endpoint does with messages.
 //! - [`compress`]: the worker's permessage-deflate compressors and inflater, shared by its connections.
@@ -17,6 +18,7 @@
 mod cluster;
 pub mod compress;
 pub mod conn;
+pub mod driver;
 pub mod http;
 pub mod keys;
 pub mod listener;
@@ -36,9 +38,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::broker::mesh::{self, CertUpdate, ExternalPublisher, MeshEnd, PeerHandle};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::tls::certs::{self, CertError};
-use worker::{Listeners, Shared, Worker, WAKER};
+use worker::{Listeners, Shared, Worker};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ pub enum ServerError {
     /// The `[tls]` certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] CertError),
+    /// `--backend uring` cannot run here (the message names the cause and the fix).
+    #[error(transparent)]
+    Uring(#[from] driver::uring::UringError),
     /// The `[cluster]` bridge could not start.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -240,12 +245,22 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     };
     let main_tls = tls_config.is_some() && cfg.tls.listen.0.is_none();
     let mut polls = Vec::with_capacity(workers);
-    let mut wakers = Vec::with_capacity(workers);
+    let mut wakers: Vec<Arc<dyn mesh::Wake>> = Vec::with_capacity(workers);
     for worker in 0..workers {
-        let poll = mio::Poll::new().map_err(|source| ServerError::Worker { worker, source })?;
-        let waker = mio::Waker::new(poll.registry(), WAKER).map_err(|source| ServerError::Worker { worker, source })?;
-        polls.push(poll);
-        wakers.push(Arc::new(waker));
+        match cfg.server.backend {
+            Backend::Epoll => {
+                let poll = mio::Poll::new().map_err(|source| ServerError::Worker { worker, source })?;
+                let waker = mio::Waker::new(poll.registry(), driver::epoll::WAKER)
+                    .map_err(|source| ServerError::Worker { worker, source })?;
+                polls.push(Setup::Epoll(poll));
+                wakers.push(Arc::new(waker));
+            }
+            Backend::Uring => {
+                let setup = driver::uring::UringSetup::new(&cfg)?;
+                wakers.push(setup.waker());
+                polls.push(Setup::Uring(Box::new(setup)));
+            }
+        }
     }
     let (peers, inboxes) = mesh::inboxes(wakers, cfg.limits.inbox_capacity);
     let mut shared = Shared::new(workers);
@@ -285,14 +300,30 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
                         tracing::warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                let worker = Worker::new(id, poll, listeners, (mesh_end, inbox), shared, cfg, auth)?;
-                worker.run()
+                let tls_config = listeners.tls_config.clone();
+                let mesh = (mesh_end, inbox);
+                match poll {
+                    Setup::Epoll(poll) => {
+                        let io = driver::Io::Epoll(driver::epoll::EpollIo::new(&poll, listeners)?);
+                        driver::epoll::run(Worker::new(id, io, tls_config, mesh, shared, cfg, auth), poll)
+                    }
+                    Setup::Uring(setup) => {
+                        let io = driver::Io::Uring(Box::new(driver::uring::UringIo::new(*setup, listeners)));
+                        driver::uring::run(Worker::new(id, io, tls_config, mesh, shared, cfg, auth))
+                    }
+                }
             })
             .map_err(|source| ServerError::Worker { worker: id, source })?;
         threads.push(thread);
     }
     tracing::info!(%addr, tls = ?tls_addr, workers, pinned = cores.is_some(), auth = ?auth.mode(), "herald listening");
     Ok(ServerHandle { addr, tls_addr, tls, cfg, shared, peers, threads, bridge })
+}
+
+/// A worker's driver as made on the starting thread (so that a failure stops the start).
+enum Setup {
+    Epoll(mio::Poll),
+    Uring(Box<driver::uring::UringSetup>),
 }
 
 /// The cores to pin to, in worker order, or `None` when pinning is off or impossible.

@@ -70,7 +70,15 @@ impl Outbox {
         Ok(n)
     }
 
-    fn consume(&mut self, mut n: usize) {
+    /// The queued buffers, oldest first (at most [`IOV_MAX`]): what a submitted write is built from. The
+    /// queue keeps them until [`Outbox::consume`] says they are written.
+    pub fn queued(&self) -> impl Iterator<Item = &Bytes> {
+        self.queue.iter().take(IOV_MAX)
+    }
+
+    /// Takes `n` written bytes off the front of the queue (after a write that completed later, as io_uring's).
+    pub fn consume(&mut self, mut n: usize) {
+        n = n.min(self.bytes);
         self.bytes -= n;
         while n > 0 {
             let Some(front) = self.queue.front_mut() else { break };

@@ -11,7 +11,7 @@ use std::io::Write;
 
 use bytes::BytesMut;
 
-use super::conn::{Conn, PEER_EOF};
+use super::conn::{Conn, PEER_EOF, SENDING};
 use super::transport::{TlsConn, Transport};
 use super::worker::{mark_dirty, Worker};
 use crate::broker::index::ConnKey;
@@ -95,8 +95,9 @@ impl Worker {
                     self.metrics.inc(Metric::TlsErrors);
                 }
                 tracing::debug!(worker = self.id, key, peer = %conn.ip, handshaking, "TLS failed: {e}");
-                if let Some(tls) = conn.transport.tls_mut() {
-                    // The alert goes out best effort; the client learns why, the worker does not wait.
+                if let Some(tls) = conn.transport.tls_mut().filter(|_| conn.flags & SENDING == 0) {
+                    // The alert goes out best effort; the client learns why, the worker does not wait (nor
+                    // writes past a send still in flight, which the alert would cut into).
                     write_all_now(&mut tls.session, &mut conn.stream);
                 }
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
@@ -186,6 +187,10 @@ pub(super) fn count_handshake_end(conn: &mut Conn, metrics: &mut Counters, metri
 /// or 503): in the clear, or sealed with our `close_notify` after it. Nothing is sent to a TLS client still
 /// in its handshake (it could not read it).
 pub(super) fn write_last_words(conn: &mut Conn, words: &[u8]) {
+    if conn.flags & SENDING != 0 {
+        // A send is in flight (uring): these bytes would cut into it.
+        return;
+    }
     match &mut conn.transport {
         Transport::Plain => {
             let _ = conn.stream.write(words);

@@ -125,7 +125,7 @@ mod tests {
     fn topics_that_came_and_went_give_their_room_back_and_live_ids_stay_valid() {
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let (handles, _inboxes) = inboxes(vec![waker], 16);
+        let (handles, _inboxes) = inboxes(vec![waker as Arc<dyn crate::broker::mesh::Wake>], 16);
         let mut mesh = MeshEnd::new(0, handles);
         let mut index = TopicIndex::new(100_000, 64 * 1024);
         let keep = index.subscribe("keep", 1, SubKind::Raw).expect("room");

@@ -1,28 +1,29 @@
-//! One worker: a `mio` loop on its own core owning its listener, its connections, its topic index and its
-//! end of the mesh.
+//! One worker's state: what it owns and decides on its core (its connections, their protocol state, its topic
+//! index, outboxes, timers, its end of the mesh, its metrics), whichever driver waits and moves its bytes
+//! (see [`super::driver`]).
 //!
-//! One loop turn: wait for events (or the next timer tick); accept; read and process what arrived (HTTP
-//! requests, WebSocket messages); drain the mesh inbox; flush the topic index (coalesced batches to local
-//! subscribers and other workers); wake peers once; write every connection that has something queued with
-//! one vectored write; run the timers; publish the metrics slot. Nothing here is shared with other workers
-//! except through the mesh and [`Shared`].
+//! One loop turn, as both drivers run it: wait (or until the next timer tick); [`Worker::begin_turn`]; admit
+//! accepted sockets; read and process what arrived (HTTP requests, WebSocket messages); then
+//! [`Worker::end_turn`]: drain the mesh inbox; flush the topic index (coalesced batches to local subscribers
+//! and other workers); wake peers once; send everything each connection has queued, one vectored write per
+//! connection; run the timers; publish the metrics slot; step the graceful shutdown. Nothing here is shared
+//! with other workers except through the mesh and [`Shared`].
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::IpAddr;
+use std::net::{IpAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::compress::WorkerDeflate;
 use super::conn::{
-    Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SHUT_WR, VIA_PROXY, WRITE_WAIT,
+    Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SENDING, SHUT_WR, VIA_PROXY,
 };
+use super::driver::Io;
 use super::loglimit::LogLimit;
 use super::pool::ReadPool;
 use super::transport::{TlsConn, Transport};
@@ -38,13 +39,6 @@ use crate::protocol::conn::{ConnSettings, Ending};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::proxy;
 use crate::protocol::Role;
-
-/// The listener's token.
-pub const LISTENER: Token = Token(usize::MAX - 1);
-/// The mesh waker's token.
-pub const WAKER: Token = Token(usize::MAX - 2);
-/// The TLS listener's token (when TLS has a listener of its own beside the plain one).
-pub const TLS_LISTENER: Token = Token(usize::MAX - 3);
 
 /// Most bytes read from one connection per loop turn, so one busy publisher cannot starve the others.
 const READ_BUDGET: usize = 256 * 1024;
@@ -103,11 +97,8 @@ pub struct Listeners {
 /// A worker and everything it owns.
 pub struct Worker {
     pub(super) id: usize,
-    pub(super) poll: Poll,
-    pub(super) listener: Option<TcpListener>,
-    /// Whether the main listener speaks TLS.
-    main_tls: bool,
-    pub(super) tls_listener: Option<TcpListener>,
+    /// The driver: how this worker waits and moves bytes.
+    pub(super) io: Io,
     /// The TLS configuration new handshakes use (swapped by a certificate reload).
     pub(super) tls_config: Option<Arc<rustls::ServerConfig>>,
     /// Where ciphertext is read before it is decrypted into a connection's read buffer (TLS only).
@@ -245,28 +236,18 @@ pub(super) fn mark_dirty(conn: &mut Conn, key: ConnKey, dirty: &mut Vec<ConnKey>
 }
 
 impl Worker {
-    /// Builds worker `id` around its poll, listener and its end of the mesh (sending side, inbox).
+    /// Builds worker `id` around its driver, the TLS configuration (when TLS is on) and its end of the mesh
+    /// (sending side, inbox).
     pub fn new(
         id: usize,
-        poll: Poll,
-        listeners: Listeners,
+        io: Io,
+        tls_config: Option<Arc<rustls::ServerConfig>>,
         (mesh, inbox): (MeshEnd, Inbox),
         shared: Arc<Shared>,
         cfg: Arc<Config>,
         auth: AuthPolicy,
-    ) -> io::Result<Self> {
-        let mut listener = TcpListener::from_std(listeners.main);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let tls_listener = match listeners.tls {
-            Some(l) => {
-                let mut l = TcpListener::from_std(l);
-                poll.registry().register(&mut l, TLS_LISTENER, Interest::READABLE)?;
-                Some(l)
-            }
-            None => None,
-        };
-        let tls_scratch =
-            if listeners.tls_config.is_some() { vec![0; cfg.limits.read_buffer.bytes()] } else { Vec::new() };
+    ) -> Self {
+        let tls_scratch = if tls_config.is_some() { vec![0; cfg.limits.read_buffer.bytes()] } else { Vec::new() };
         let t = &cfg.timeouts;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = ConnSettings {
@@ -280,13 +261,10 @@ impl Worker {
             close_timeout: t.close_timeout.0,
         };
         let now = Instant::now();
-        Ok(Worker {
+        Worker {
             id,
-            poll,
-            listener: Some(listener),
-            main_tls: listeners.main_tls,
-            tls_listener,
-            tls_config: listeners.tls_config,
+            io,
+            tls_config,
             tls_scratch,
             conns: Slab::new(),
             index: TopicIndex::new(cfg.limits.max_topics_per_worker, cfg.limits.coalesce_limit.bytes()),
@@ -313,64 +291,41 @@ impl Worker {
             req_path: String::new(),
             refusal_log: LogLimit::new(REFUSAL_LOGS_PER_SECOND, now),
             cfg,
-        })
-    }
-
-    /// Runs the loop until the worker has drained after a shutdown request.
-    pub fn run(mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            self.now = Instant::now();
-            self.unix = unix_now();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(false),
-                    TLS_LISTENER => self.accept_all(true),
-                    WAKER => {}
-                    Token(key) => {
-                        if event.is_read_closed() || event.is_error() {
-                            // The peer's FIN or reset came, perhaps with the last data in the same segment: no
-                            // further edge will come, so this connection is read to the end from now on.
-                            if let Some(conn) = self.conns.get_mut(key) {
-                                conn.flags |= PEER_HUP;
-                            }
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_conn(key);
-                        }
-                        if event.is_writable() {
-                            self.flush_conn(key);
-                        }
-                    }
-                }
-            }
-            self.end_turn();
-            if self.shared.draining.load(Ordering::Relaxed) && self.drain == Drain::Running {
-                self.begin_drain();
-            }
-            if let Drain::Quiescing { quiesce_until } = self.drain {
-                if self.peers_drained + 1 >= self.mesh.workers() || self.now >= quiesce_until {
-                    self.close_websockets();
-                }
-            }
-            if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || self.now >= deadline {
-                    tracing::debug!(worker = self.id, left = self.conns.len(), "worker drained");
-                    self.metrics.set(Metric::ConnectionsOpen, 0);
-                    self.metrics.publish(&self.shared.slots[self.id]);
-                    return Ok(());
-                }
-            }
         }
     }
 
-    fn poll_timeout(&self) -> Duration {
+    /// The start of a loop turn: the clocks are read once for the whole turn.
+    pub(super) fn begin_turn(&mut self) {
+        self.now = Instant::now();
+        self.unix = unix_now();
+    }
+
+    /// Everything after the events of one turn, then the graceful shutdown's steps. Returns true when the
+    /// worker has drained and its loop should end.
+    pub(super) fn end_turn(&mut self) -> bool {
+        self.after_events();
+        if self.shared.draining.load(Ordering::Relaxed) && self.drain == Drain::Running {
+            self.begin_drain();
+        }
+        if let Drain::Quiescing { quiesce_until } = self.drain {
+            if self.peers_drained + 1 >= self.mesh.workers() || self.now >= quiesce_until {
+                self.close_websockets();
+            }
+        }
+        if let Some(deadline) = self.drain_deadline {
+            if self.conns.is_empty() || self.now >= deadline {
+                tracing::debug!(worker = self.id, left = self.conns.len(), "worker drained");
+                self.metrics.set(Metric::ConnectionsOpen, 0);
+                self.metrics.publish(&self.shared.slots[self.id]);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// How long the driver may wait for events: not at all while work is left over from this turn, until the
+    /// next timer tick otherwise.
+    pub(super) fn poll_timeout(&self) -> Duration {
         if self.inbox_backlog || (!self.read_again.is_empty() && !self.mesh.is_stalled()) {
             return Duration::ZERO;
         }
@@ -381,7 +336,7 @@ impl Worker {
     }
 
     /// Everything after the events of one turn.
-    fn end_turn(&mut self) {
+    fn after_events(&mut self) {
         self.drain_inbox();
         if !self.mesh.is_stalled() || !self.mesh.retry_overflow() {
             self.read_pending();
@@ -447,26 +402,9 @@ impl Worker {
         self.inbox_backlog = budget == 0;
     }
 
-    /// Accepts what the main listener (`second` false) or the TLS listener beside it has waiting.
-    fn accept_all(&mut self, second: bool) {
-        let tls = second || self.main_tls;
-        loop {
-            let listener = if second { &self.tls_listener } else { &self.listener };
-            let Some(listener) = listener else { return };
-            match listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr.ip(), tls),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE/ENFILE and the like: leave the rest in the backlog until a slot frees up.
-                    tracing::warn!(worker = self.id, "accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr, tls: bool) {
+    /// Takes a socket the driver accepted (from a TLS port when `tls`), within the connection limits, and
+    /// returns the key it is stored under (`None` when it was refused or dropped).
+    pub(super) fn admit(&mut self, mut stream: TcpStream, ip: IpAddr, tls: bool) -> Option<ConnKey> {
         self.metrics.inc(Metric::ConnectionsAccepted);
         let limits = &self.cfg.limits;
         let open = self.shared.open.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +412,7 @@ impl Worker {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             self.metrics.inc(Metric::RejectedMaxConnections);
             refuse(&mut stream, &mut self.metrics, "connection limit reached", tls);
-            return;
+            return None;
         }
         // A trusted proxy carries many clients: it is counted under its own address until it names the
         // client, but not held to the per-address limit (its clients are, once named).
@@ -487,7 +425,7 @@ impl Worker {
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.inc(Metric::RejectedPerIp);
                 refuse(&mut stream, &mut self.metrics, "per-address connection limit reached", tls);
-                return;
+                return None;
             }
             *n += 1;
         }
@@ -495,16 +433,16 @@ impl Worker {
             Some(t) => t,
             None => {
                 self.release_slot(ip);
-                return;
+                return None;
             }
         };
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+        if let Err(e) = self.io.admitted(key, &stream) {
             tracing::warn!(worker = self.id, "register failed: {e}");
             self.release_slot(ip);
-            return;
+            return None;
         }
         tracing::trace!(worker = self.id, key, %ip, via_proxy, "accepted");
         let conn = entry.insert(Conn::new(stream, ip, self.now + self.cfg.timeouts.handshake_timeout.0));
@@ -516,6 +454,7 @@ impl Worker {
             conn.flags |= VIA_PROXY;
         }
         self.metrics.inc(Metric::ConnectionsOpen);
+        Some(key)
     }
 
     fn release_slot(&self, ip: IpAddr) {
@@ -647,7 +586,7 @@ impl Worker {
                 break;
             }
             let read = match conn.transport.tls_mut() {
-                Some(tls) if !raw => match conn.stream.read(&mut self.tls_scratch) {
+                Some(tls) if !raw => match self.io.read(key, &conn.stream, &mut self.tls_scratch) {
                     Ok(n) if !tls.started && TlsConn::is_plain_http(&self.tls_scratch[..n]) => {
                         tls_failed = Some(super::secure::Failure::PlainHttp);
                         break;
@@ -665,7 +604,7 @@ impl Worker {
                 _ => {
                     let len = buf.len();
                     buf.resize(len + read_size, 0);
-                    let read = conn.stream.read(&mut buf[len..]);
+                    let read = self.io.read(key, &conn.stream, &mut buf[len..]);
                     buf.truncate(len + *read.as_ref().unwrap_or(&0));
                     read
                 }
@@ -870,9 +809,8 @@ impl Worker {
             return;
         }
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.output_empty() && conn.flags & WRITE_WAIT != 0 {
-            conn.flags &= !WRITE_WAIT;
-            let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), Interest::READABLE);
+        if conn.output_empty() {
+            self.io.write_drained(key, &conn.stream, &mut conn.flags);
         }
         if conn.flags & PEER_EOF != 0 && conn.output_empty() {
             // The peer is gone and we have said everything we could.
@@ -899,10 +837,16 @@ impl Worker {
     pub(super) fn write_queued(&mut self, key: ConnKey) -> bool {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return false };
+            if conn.flags & SENDING != 0 {
+                // The kernel still has our last send: the rest follows its completion.
+                return true;
+            }
             let written = match &mut conn.transport {
                 Transport::Plain if conn.outbox.is_empty() => return true,
-                Transport::Plain => conn.outbox.write_to(&mut conn.stream),
-                Transport::Tls(tls) if tls.session.wants_write() => tls.session.write_tls_to(&mut conn.stream),
+                Transport::Plain => self.io.send_outbox(key, &conn.stream, &mut conn.outbox, &mut conn.flags),
+                Transport::Tls(tls) if tls.session.wants_write() => {
+                    self.io.send_ciphertext(key, &conn.stream, &mut tls.session, &mut conn.flags)
+                }
                 Transport::Tls(_) if conn.outbox.is_empty() => return true,
                 Transport::Tls(tls) => {
                     if conn.outbox.write_to(&mut tls.session.sealer()).is_err() {
@@ -931,14 +875,32 @@ impl Worker {
         }
     }
 
-    /// Registers `key` for WRITABLE: its last write would have blocked.
+    /// A send the driver handed to the kernel has completed (uring): `written` bytes of the outbox are gone
+    /// (`from_outbox`), or all of the ciphertext; the connection is flushed again at the end of the turn. A
+    /// failed send closes the connection.
+    pub(super) fn sent(&mut self, key: ConnKey, result: io::Result<usize>, from_outbox: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.flags &= !SENDING;
+        match result {
+            Ok(n) if n > 0 => {
+                if from_outbox {
+                    conn.outbox.consume(n);
+                }
+                self.metrics.add(Metric::BytesOut, n as u64);
+                self.metrics.inc(Metric::Writes);
+                mark_dirty(conn, key, &mut self.dirty);
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+                mark_dirty(conn, key, &mut self.dirty);
+            }
+            _ => self.close_now(key),
+        }
+    }
+
+    /// Asks the driver to come back when `key` has room: its last write would have blocked.
     pub(super) fn wait_writable(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.flags & WRITE_WAIT == 0 {
-            conn.flags |= WRITE_WAIT;
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            let _ = self.poll.registry().reregister(&mut conn.stream, Token(key), interest);
-        }
+        self.io.wait_writable(key, &conn.stream, &mut conn.flags);
     }
 
     /// Moves the core's pending control frames (pong, ping, close) into the outbox, and queues the connection
@@ -996,7 +958,7 @@ impl Worker {
         } else {
             tracing::trace!(worker = self.id, key, peer = %conn.ip, "connection closed");
         }
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.io.closing(key, &conn.stream);
         if let Phase::WebSocket { endpoint, .. } = &conn.phase {
             self.metrics.sub(Metric::WebSocketsOpen, 1);
             match endpoint {
@@ -1093,9 +1055,7 @@ impl Worker {
         let shutdown = self.cfg.timeouts.shutdown_timeout.0;
         self.drain_deadline = Some(self.now + shutdown);
         self.drain = Drain::Quiescing { quiesce_until: self.now + shutdown / 4 };
-        for mut listener in [self.listener.take(), self.tls_listener.take()].into_iter().flatten() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
+        self.io.stop_accepting();
         self.flush_index();
         self.mesh.send_drained();
         self.mesh.wake_peers();

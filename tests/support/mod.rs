@@ -12,6 +12,12 @@ pub mod tls;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+/// The backend the suite runs herald on: `HERALD_TEST_BACKEND` (`epoll`, the default, or `uring`). The test
+/// command runs the integration suite once per backend (see `scripts/test`).
+pub fn backend() -> String {
+    std::env::var("HERALD_TEST_BACKEND").unwrap_or_else(|_| "epoll".into())
+}
+
 /// A herald process started for one test; killed on drop if it is still running.
 pub struct Server {
     child: Child,
@@ -19,7 +25,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `herald --listen 127.0.0.1:0 --no-pin <args>` and waits for its "listening" line.
+    /// Starts `herald --listen 127.0.0.1:0 --no-pin --backend <backend()> <args>` and waits for its "listening"
+    /// line.
     pub fn start(args: &[&str]) -> Server {
         Self::start_lines(args, 1).0
     }
@@ -28,7 +35,7 @@ impl Server {
     /// one).
     pub fn start_lines(args: &[&str], n: usize) -> (Server, Vec<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["--listen", "127.0.0.1:0", "--no-pin"])
+            .args(["--listen", "127.0.0.1:0", "--no-pin", "--backend", &backend()])
             .args(args)
             .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
