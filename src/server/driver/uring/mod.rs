@@ -7,7 +7,7 @@
 //!   no read buffer. When the state does not take everything (its read budget, a paused reader, the drain),
 //!   the rest waits in the connection's stash and the receive is cancelled until the state reads again: the
 //!   kernel's socket buffer, not the worker, holds what a paused client sends.
-//! - **Send:** one `writev` entry per connection with everything it has queued; all of a turn's sends go in
+//! - **Send:** one `sendmsg` entry per connection with everything it has queued; all of a turn's sends go in
 //!   one submission (one `io_uring_enter` for a broadcast to any number of subscribers). At most one send is
 //!   in flight per socket (`SENDING`); the plain bytes it covers stay in the outbox (and their `Bytes` in the
 //!   send's record) until the completion says how many went, so a short write resumes where it stopped. TLS
@@ -170,16 +170,26 @@ struct Slot {
 }
 
 /// An in-flight send: what the kernel reads from until the completion.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SendRec {
     key: ConnKey,
     gen: u32,
     /// Plain: the queued buffers the iovecs point into (kept alive here, whatever happens to the connection).
     bufs: Vec<Bytes>,
     iov: Vec<libc::iovec>,
+    /// The message header the send names (boxed: the kernel reads it at an address that must not move).
+    msg: Box<libc::msghdr>,
     /// TLS: the ciphertext, and how much of it is sent.
     tls: Vec<u8>,
     off: usize,
+}
+
+impl Default for SendRec {
+    fn default() -> Self {
+        // SAFETY: an all-zero msghdr is a valid empty header (null name, no iovecs, no control data).
+        let msg = Box::new(unsafe { std::mem::zeroed::<libc::msghdr>() });
+        SendRec { key: 0, gen: 0, bufs: Vec::new(), iov: Vec::new(), msg, tls: Vec::new(), off: 0 }
+    }
 }
 
 // SAFETY: the raw pointers in `iov` point into `bufs`, owned by the same record; the record never leaves the
@@ -315,13 +325,7 @@ impl UringIo {
     }
 
     pub(super) fn read(&mut self, key: ConnKey, stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(cur) = self.current.as_mut().filter(|c| c.key == key && c.off < c.len) {
-            let bytes = self.bufs.filled(cur.bid, cur.len);
-            let n = buf.len().min(cur.len - cur.off);
-            buf[..n].copy_from_slice(&bytes[cur.off..cur.off + n]);
-            cur.off += n;
-            return Ok(n);
-        }
+        // The stash holds older bytes than the completion being handed over: it goes first.
         let slot = self.slot(key);
         if !slot.stash.is_empty() {
             let n = buf.len().min(slot.stash.len());
@@ -332,6 +336,14 @@ impl UringIo {
             }
             return Ok(n);
         }
+        if let Some(cur) = self.current.as_mut().filter(|c| c.key == key && c.off < c.len) {
+            let bytes = self.bufs.filled(cur.bid, cur.len);
+            let n = buf.len().min(cur.len - cur.off);
+            buf[..n].copy_from_slice(&bytes[cur.off..cur.off + n]);
+            cur.off += n;
+            return Ok(n);
+        }
+        let slot = self.slot(key);
         if slot.error != 0 {
             let e = std::mem::take(&mut slot.error);
             return Err(io::Error::from_raw_os_error(e));
@@ -359,10 +371,16 @@ impl UringIo {
             rec.iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
             rec.bufs.push(b.clone());
         }
-        let entry = opcode::Writev::new(types::Fd(stream.as_raw_fd()), rec.iov.as_ptr(), rec.iov.len() as u32).build();
+        rec.msg.msg_iov = rec.iov.as_mut_ptr();
+        rec.msg.msg_iovlen = rec.iov.len();
+        // sendmsg, not writev: io_uring completes a writev on a non-blocking socket with EAGAIN when the
+        // socket is full, while a send waits for room inside the kernel.
+        let entry = opcode::SendMsg::new(types::Fd(stream.as_raw_fd()), &*rec.msg).flags(libc::MSG_NOSIGNAL as u32);
+        let entry = entry.build();
         let index = self.sends.insert(rec);
-        // SAFETY: the iovecs and the bytes they point to are owned by the record, which stays in `sends` (its
-        // vectors' heap storage does not move) until this send's completion removes it.
+        // SAFETY: the header, the iovecs and the bytes they point to are owned by the record (the header boxed,
+        // the vectors on the heap: none moves when the record does), which stays in `sends` until this send's
+        // completion removes it.
         unsafe { self.push(&entry.user_data(user_data(Op::Send, 0, index))) };
         *flags |= SENDING;
         Err(io::ErrorKind::WouldBlock.into())

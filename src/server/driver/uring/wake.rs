@@ -8,15 +8,17 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::broker::mesh::Wake;
 
-/// A non-blocking eventfd.
+/// An eventfd.
 #[derive(Debug)]
 pub struct EventFd(OwnedFd);
 
 impl EventFd {
-    /// A new eventfd (non-blocking, close-on-exec).
+    /// A new eventfd (close-on-exec). It is left blocking on purpose: io_uring completes a read of a
+    /// non-blocking file at once with EAGAIN instead of waiting for it to become readable, which would make
+    /// the armed read spin. (A write blocks only if the counter nears 2^64, which wakes never approach.)
     pub fn new() -> io::Result<Self> {
         // SAFETY: eventfd takes no pointers; a negative return is an error, checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -38,13 +40,7 @@ impl Wake for EventFd {
         if n == 8 {
             return Ok(());
         }
-        let e = io::Error::last_os_error();
-        // A full counter (EAGAIN) already means "wake up".
-        if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(())
-        } else {
-            Err(e)
-        }
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -62,8 +58,9 @@ mod tests {
         let n = unsafe { libc::read(fd.fd(), (&mut count as *mut u64).cast(), 8) };
         assert_eq!(n, 8);
         assert_eq!(count, 2);
-        // SAFETY: as above.
-        let n = unsafe { libc::read(fd.fd(), (&mut count as *mut u64).cast(), 8) };
-        assert_eq!(n, -1, "nothing more to read: it is non-blocking");
+        // SAFETY: polls our own descriptor with a zero timeout.
+        let mut pfd = libc::pollfd { fd: fd.fd(), events: libc::POLLIN, revents: 0 };
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!(ready, 0, "a read takes every wake: nothing is left to read");
     }
 }
