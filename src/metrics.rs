@@ -128,6 +128,7 @@ series! {
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
     TlsOpen => "herald_tls_connections", Gauge, "", "Open TLS connections (handshaking or established), per worker.";
     PooledReadBuffers => "herald_read_buffers_pooled", Gauge, "", "Spare read buffers held by the worker's pool (shrinks back after load).";
+    UringSendsInFlight => "herald_uring_sends_in_flight", Gauge, "", "Sends handed to the kernel and not yet completed, per worker (uring backend).";
     ClusterPublishesSent => "herald_cluster_publishes_total", Counter, "result=\"sent\"", "Publishes for Redis, by result: sent (acknowledged by Redis), failed (refused by Redis, or unacknowledged when a link dropped), dropped (queue full, on_overflow drop: delivered locally only), rejected (queue full, on_overflow reject).";
     ClusterPublishesFailed => "herald_cluster_publishes_total", Counter, "result=\"failed\"", "";
     ClusterPublishesDropped => "herald_cluster_publishes_total", Counter, "result=\"dropped\"", "";

@@ -25,8 +25,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `herald --listen 127.0.0.1:0 --no-pin --backend <backend()> <args>` and waits for its "listening"
-    /// line.
+    /// Starts `herald --listen 127.0.0.1:0 --no-pin --backend <backend()> <args>` (unless `args` name a backend)
+    /// and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Server {
         Self::start_lines(args, 1).0
     }
@@ -34,8 +34,11 @@ impl Server {
     /// [`Server::start`], returning the first `n` lines herald printed (the listening line, then e.g. the TLS
     /// one).
     pub fn start_lines(args: &[&str], n: usize) -> (Server, Vec<String>) {
+        let backend = backend();
+        let chosen = if args.contains(&"--backend") { &[][..] } else { &["--backend", backend.as_str()][..] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["--listen", "127.0.0.1:0", "--no-pin", "--backend", &backend()])
+            .args(["--listen", "127.0.0.1:0", "--no-pin"])
+            .args(chosen)
             .args(args)
             .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())

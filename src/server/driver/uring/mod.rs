@@ -333,6 +333,9 @@ impl UringIo {
             slot.stash.drain(..n);
             if slot.stash.is_empty() {
                 slot.stash = Vec::new();
+                // The state is reading and has everything: receive again now, since it may stop at this short
+                // read without asking once more (as it would with epoll, where the next edge comes anyway).
+                self.arm_recv(key, stream.as_raw_fd());
             }
             return Ok(n);
         }
@@ -436,6 +439,15 @@ impl UringIo {
         if armed {
             self.cancel(target);
         }
+        // Entries still queued name this socket by its descriptor number, which the kernel resolves only at
+        // submission: submit them before the descriptor closes (a last close frame must reach this socket, and
+        // nothing may reach the next connection given the same number). Once submitted, a request holds the
+        // socket itself, so closing the descriptor does not cut it short.
+        if !self.ring.submission().is_empty() {
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!("io_uring submit before a close failed: {e}");
+            }
+        }
     }
 
     pub(super) fn stop_accepting(&mut self) {
@@ -537,9 +549,11 @@ pub fn run(mut worker: Worker) -> io::Result<()> {
             }
         }
         let exhausted = std::mem::take(&mut io.exhausted);
+        let in_flight = io.sends.len() as u64;
         if exhausted > 0 {
             worker.metrics.add(Metric::UringBuffersExhausted, exhausted);
         }
+        worker.metrics.set(Metric::UringSendsInFlight, in_flight);
         if worker.end_turn() {
             finish(&mut worker);
             return Ok(());
