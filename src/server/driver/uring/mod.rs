@@ -325,25 +325,32 @@ impl UringIo {
     }
 
     pub(super) fn read(&mut self, key: ConnKey, stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        // The stash holds older bytes than the completion being handed over: it goes first.
+        // The stash holds older bytes than the completion being handed over: it goes first, and the completion
+        // fills what room is left, so that a short read means both are empty (the state stops at a short read).
+        let mut n = 0;
         let slot = self.slot(key);
         if !slot.stash.is_empty() {
-            let n = buf.len().min(slot.stash.len());
+            n = buf.len().min(slot.stash.len());
             buf[..n].copy_from_slice(&slot.stash[..n]);
             slot.stash.drain(..n);
-            if slot.stash.is_empty() {
-                slot.stash = Vec::new();
-                // The state is reading and has everything: receive again now, since it may stop at this short
-                // read without asking once more (as it would with epoll, where the next edge comes anyway).
-                self.arm_recv(key, stream.as_raw_fd());
+            if !slot.stash.is_empty() {
+                return Ok(n);
             }
-            return Ok(n);
+            slot.stash = Vec::new();
         }
         if let Some(cur) = self.current.as_mut().filter(|c| c.key == key && c.off < c.len) {
             let bytes = self.bufs.filled(cur.bid, cur.len);
-            let n = buf.len().min(cur.len - cur.off);
-            buf[..n].copy_from_slice(&bytes[cur.off..cur.off + n]);
-            cur.off += n;
+            let more = (buf.len() - n).min(cur.len - cur.off);
+            buf[n..n + more].copy_from_slice(&bytes[cur.off..cur.off + more]);
+            cur.off += more;
+            n += more;
+        }
+        if n > 0 {
+            if self.current.is_none_or(|c| c.key != key || c.off == c.len) {
+                // The state is reading and has everything: receive again now (if nothing is armed), since it
+                // may stop at this read without asking once more (with epoll, the next edge would come anyway).
+                self.arm_recv(key, stream.as_raw_fd());
+            }
             return Ok(n);
         }
         let slot = self.slot(key);
