@@ -549,3 +549,110 @@ fn sharded_mode_follows_slots_that_move_to_another_master() {
         .collect();
     assert_exact_in_order(&shifted, &topics, 5, "after the move");
 }
+
+/// A CA, a Redis with a TLS port serving a certificate for `localhost` only (client certificates required, as
+/// is Redis's default), and herald's client certificate: the files in `dir`.
+struct TlsRedis {
+    redis: Redis,
+    ca: String,
+    client_cert: String,
+    client_key: String,
+    _dir: support::tls::Dir,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let pki = redis::Pki::new();
+        let dir = support::tls::Dir::new("cluster-tls");
+        let (cert, key) = pki.issue(&["localhost"]);
+        let (client_cert, client_key) = pki.issue(&["herald-node"]);
+        let ca = dir.write("ca.pem", &pki.ca_pem);
+        let redis = Redis::start_tls(&dir.write("redis.pem", cert), &dir.write("redis.key", key), &ca, true);
+        let s = |p: std::path::PathBuf| p.to_str().expect("utf-8").to_string();
+        TlsRedis {
+            redis,
+            ca: s(ca),
+            client_cert: s(dir.write("client.pem", client_cert)),
+            client_key: s(dir.write("client.key", client_key)),
+            _dir: dir,
+        }
+    }
+
+    /// herald's TLS flags: trust `ca`, present the client certificate.
+    fn args<'a>(&'a self, ca: &'a str) -> Vec<&'a str> {
+        vec![
+            "--cluster-tls-ca-file",
+            ca,
+            "--cluster-tls-cert-file",
+            &self.client_cert,
+            "--cluster-tls-key-file",
+            &self.client_key,
+        ]
+    }
+}
+
+#[test]
+fn rediss_links_verify_redis_against_the_configured_ca_and_carry_every_message_in_order() {
+    let tls = TlsRedis::start();
+    // Only the TLS port is given to herald; the plain one is the test's view of Redis.
+    let urls = [tls.redis.tls_url("localhost")];
+    let (a, b) = (node(&urls, &tls.args(&tls.ca)), node(&urls, &tls.args(&tls.ca)));
+    let mut raw = connect(&b.url("/sub/t"));
+    let mut ws = ws_subscriber(&b, &["t"]);
+    wait_numsub(&tls.redis, "t", 1);
+    let mut publisher = connect(&a.url("/pub/t"));
+    for i in 0..200 {
+        publisher.send(Message::text(format!("m.{i}"))).expect("publish");
+    }
+    let raw_keys: Vec<String> = (0..200).map(|_| key_of_raw(&next_data(&mut raw))).collect();
+    assert_exact_in_order(&raw_keys, &["m".to_string()], 200, "raw subscriber over rediss");
+    let ws_keys: Vec<String> = (0..200)
+        .map(|_| key_of_envelope(&serde_json::from_str(next_data(&mut ws).to_text().expect("text")).expect("JSON")))
+        .collect();
+    assert_exact_in_order(&ws_keys, &["m".to_string()], 200, "/ws subscriber over rediss");
+    assert!(
+        wait_until(Duration::from_secs(5), || a.metric("herald_cluster_publishes_total{result=\"sent\"}") == 200),
+        "every PUBLISH acknowledged by Redis over TLS"
+    );
+    assert!(a.metric("herald_cluster_probe_rtt_microseconds") > 0, "the probe goes round over TLS too");
+}
+
+#[test]
+fn a_rediss_link_to_an_untrusted_or_misnamed_redis_or_without_its_client_certificate_stays_down_with_backoff() {
+    let tls = TlsRedis::start();
+    let other_ca = redis::Pki::new();
+    let dir = support::tls::Dir::new("cluster-tls-other");
+    let other_ca_file = dir.write("other-ca.pem", &other_ca.ca_pem);
+    let other_ca_file = other_ca_file.to_str().expect("utf-8");
+    let good_url = tls.redis.tls_url("localhost");
+    // The certificate names localhost, not 127.0.0.1.
+    let misnamed_url = tls.redis.tls_url("127.0.0.1");
+    let start = |url: &str, args: &[&str]| {
+        let mut all = vec!["--workers", "1", "--cluster-redis-urls", url, "--cluster-reconnect-max", "400ms"];
+        all.extend_from_slice(args);
+        Server::start(&all)
+    };
+    let untrusted = start(&good_url, &tls.args(other_ca_file));
+    let misnamed = start(&misnamed_url, &tls.args(&tls.ca));
+    let anonymous = start(&good_url, &["--cluster-tls-ca-file", &tls.ca]);
+    let began = Instant::now();
+    for (n, why) in [(&untrusted, "untrusted CA"), (&misnamed, "wrong name"), (&anonymous, "no client certificate")] {
+        assert!(
+            wait_until(Duration::from_secs(10), || n.metric("herald_cluster_reconnects_total") >= 3),
+            "{why}: the handshake fails, and is retried"
+        );
+        assert_eq!(cluster_state(n), "degraded", "{why}: the link is counted as down");
+        assert_eq!(n.metric("herald_cluster_redis_instances_up"), 0, "{why}");
+    }
+    // Backoff from 100ms doubling up to 400ms: a handful of attempts per second, not a busy loop.
+    let secs = began.elapsed().as_secs_f64() + 0.5;
+    for n in [&untrusted, &misnamed, &anonymous] {
+        let attempts = n.metric("herald_cluster_reconnects_total") as f64;
+        assert!(attempts <= 10.0 * secs, "{attempts} attempts in {secs:.1}s");
+    }
+    assert_eq!(tls.redis.numsub("herald:t"), 0);
+    // The node itself works on: local delivery is unaffected.
+    let mut sub = connect(&untrusted.url("/sub/t"));
+    assert_eq!(untrusted.http("POST", "/publish/t", TEXT, b"still here").0, 200);
+    assert_eq!(next_data(&mut sub), Message::text("still here"));
+}

@@ -4,6 +4,7 @@
 //! - [`envelope`]: the binary envelope a message crosses Redis in, and the sequence check.
 //! - [`shard`]: which Redis instance carries a topic (standalone mode).
 //! - [`slots`]: Redis Cluster slots and topology (sharded mode).
+//! - [`tls`]: `rediss://`, the client side of TLS on the bridge's non-blocking sockets.
 //! - [`bridge`]: the one thread per node that owns the Redis connections.
 //!
 //! A worker hands each publish it accepts to the bridge through a [`WorkerLink`] (after delivering it locally
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod resp;
 pub mod shard;
 pub mod slots;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,21 +35,23 @@ pub const CLOSE_GAP: u16 = 4410;
 /// Close code for a raw `/pub` publisher refused because the queue to Redis is full (`on_overflow = "reject"`).
 pub const CLOSE_OVERLOADED: u16 = 1013;
 
-/// `redis://[user[:password]@]host:port[/db]` (the database is accepted and unused: Pub/Sub channels are
-/// global to an instance).
+/// `redis://host:port[/db]` or `rediss://host:port[/db]` (TLS; the database is accepted and unused: Pub/Sub
+/// channels are global to an instance).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    /// Host name or address.
+    /// Host name or address (with `rediss://`, also the name Redis's certificate must carry).
     pub host: String,
     /// Port (default 6379).
     pub port: u16,
+    /// `rediss://`: the connection is TLS, verified against `cluster.tls_ca_file`.
+    pub tls: bool,
 }
 
 /// A Redis URL this build does not take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// Not `redis://`.
-    #[error("`{0}`: only redis://host:port is supported (rediss:// comes with TLS)")]
+    /// Neither `redis://` nor `rediss://`.
+    #[error("`{0}`: only redis://host:port and rediss://host:port (TLS) are supported")]
     Scheme(String),
     /// A password in the URL (it would show in `ps`, logs and `--check`).
     #[error("`{0}`: put the password in cluster.password_file or cluster.password_env, not in the URL")]
@@ -60,7 +64,11 @@ pub enum UrlError {
 impl RedisUrl {
     /// Parses one URL of `cluster.redis_urls`.
     pub fn parse(url: &str) -> Result<RedisUrl, UrlError> {
-        let rest = url.strip_prefix("redis://").ok_or_else(|| UrlError::Scheme(url.to_string()))?;
+        let (rest, tls) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(UrlError::Scheme(url.to_string())),
+        };
         let authority = rest.split('/').next().unwrap_or("");
         if authority.contains('@') {
             return Err(UrlError::Password(url.to_string()));
@@ -75,7 +83,7 @@ impl RedisUrl {
         if host.is_empty() || port == 0 {
             return Err(UrlError::Form(url.to_string()));
         }
-        Ok(RedisUrl { host: host.to_string(), port })
+        Ok(RedisUrl { host: host.to_string(), port, tls })
     }
 }
 
@@ -106,6 +114,9 @@ pub enum ClusterError {
     /// A URL is not usable (checked with the config already; kept for embedding).
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// The TLS settings for `rediss://` are not usable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
     /// The bridge's poll or thread could not be created.
     #[error("cannot start the cluster bridge: {0}")]
     Io(#[from] std::io::Error),
@@ -346,16 +357,19 @@ mod tests {
 
     #[test]
     fn redis_urls_take_host_port_and_an_ignored_database() {
-        assert_eq!(RedisUrl::parse("redis://127.0.0.1:6380/2"), Ok(RedisUrl { host: "127.0.0.1".into(), port: 6380 }));
-        assert_eq!(RedisUrl::parse("redis://cache"), Ok(RedisUrl { host: "cache".into(), port: 6379 }));
-        assert_eq!(RedisUrl::parse("redis://[::1]:7000"), Ok(RedisUrl { host: "::1".into(), port: 7000 }));
+        let url = |host: &str, port, tls| RedisUrl { host: host.into(), port, tls };
+        assert_eq!(RedisUrl::parse("redis://127.0.0.1:6380/2"), Ok(url("127.0.0.1", 6380, false)));
+        assert_eq!(RedisUrl::parse("redis://cache"), Ok(url("cache", 6379, false)));
+        assert_eq!(RedisUrl::parse("redis://[::1]:7000"), Ok(url("::1", 7000, false)));
+        assert_eq!(RedisUrl::parse("rediss://cache.internal:6380"), Ok(url("cache.internal", 6380, true)));
         assert_eq!(RedisUrl::parse("redis://[::1]:7000").map(|u| u.to_string()), Ok("[::1]:7000".to_string()));
     }
 
     #[test]
     fn urls_with_a_password_or_another_scheme_are_refused() {
         assert!(matches!(RedisUrl::parse("redis://:secret@host:6379"), Err(UrlError::Password(_))));
-        assert!(matches!(RedisUrl::parse("rediss://host:6379"), Err(UrlError::Scheme(_))));
+        assert!(matches!(RedisUrl::parse("http://host:6379"), Err(UrlError::Scheme(_))));
+        assert!(matches!(RedisUrl::parse("rediss://:pw@host:6379"), Err(UrlError::Password(_))));
         assert!(matches!(RedisUrl::parse("redis://:6379"), Err(UrlError::Form(_))));
         assert!(matches!(RedisUrl::parse("redis://h:0"), Err(UrlError::Form(_))));
     }
