@@ -656,3 +656,133 @@ fn a_rediss_link_to_an_untrusted_or_misnamed_redis_or_without_its_client_certifi
     assert_eq!(untrusted.http("POST", "/publish/t", TEXT, b"still here").0, 200);
     assert_eq!(next_data(&mut sub), Message::text("still here"));
 }
+
+/// The `(host:port, state)` of each Redis instance in `/healthz`.
+fn healthz_shards(n: &Server) -> Vec<(String, String)> {
+    let (_, _, body) = n.http("GET", "/healthz", &[], b"");
+    let v: Value = serde_json::from_slice(&body).expect("JSON");
+    v["cluster"]["shards"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| (s["redis"].as_str().unwrap_or("").to_string(), s["state"].as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sharded_mode_follows_a_failover_to_a_replica_when_a_master_is_killed() {
+    let mut instances = Redis::cluster_with_replicas(3, 1);
+    let masters: Vec<usize> = (0..instances.len()).filter(|&i| instances[i].is_master()).collect();
+    assert_eq!(masters.len(), 3);
+    let seeds: Vec<String> = masters.iter().map(|&i| instances[i].url()).collect();
+    let args = [
+        "--cluster-mode",
+        "sharded",
+        "--cluster-probe-interval",
+        "200ms",
+        "--cluster-probe-timeout",
+        "1s",
+        "--cluster-reconnect-max",
+        "300ms",
+        "--cluster-connect-timeout",
+        "500ms",
+    ];
+    let (a, b) = (node(&seeds, &args), node(&seeds, &args));
+    let topics: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut sub = ws_subscriber(&b, &names);
+    let on = |r: &Redis| if r.is_master() { r.shard_channels("herald:f*") } else { 0 };
+    assert!(wait_until(Duration::from_secs(10), || instances.iter().map(on).sum::<usize>() == 30));
+    // The victim: a master holding some of the channels.
+    let victim = *masters.iter().find(|&&i| on(&instances[i]) > 0).expect("a master with channels");
+    let lost = on(&instances[victim]);
+
+    let mut post = HttpConn::open(a.addr);
+    let mut publish_round = |i: usize| {
+        for t in &topics {
+            let (status, _, _) = post.request("POST", &format!("/publish/{t}"), TEXT, format!("{t}.{i}").as_bytes());
+            assert_eq!(status, 200, "publishing never fails on the node: local delivery goes on");
+        }
+    };
+    publish_round(0);
+    let before: Vec<String> = (0..topics.len())
+        .map(|_| key_of_envelope(&serde_json::from_str(next_data(&mut sub).to_text().expect("text")).expect("JSON")))
+        .collect();
+    assert_exact_in_order(&before, &topics, 1, "before the kill");
+    let victim_port = instances[victim].port;
+    instances[victim].kill();
+    publish_round(1); // while the master is down: may be lost (then reported), never duplicated
+    let promoted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            instances.iter().filter(|r| r.port != victim_port && r.is_master()).count() == 3
+        }),
+        "a replica is promoted"
+    );
+    let promoted = promoted.elapsed();
+    let followed = Instant::now();
+    let dead = format!("127.0.0.1:{victim_port}");
+    for n in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                let shards = healthz_shards(n);
+                shards.len() == 3 && shards.iter().all(|(redis, state)| *redis != dead && state == "ok")
+            }),
+            "the node follows the new master: {:?}",
+            healthz_shards(n)
+        );
+    }
+    let live = |r: &Redis| r.port != victim_port;
+    assert!(
+        wait_until(Duration::from_secs(10), || instances.iter().filter(|r| live(r)).map(on).sum::<usize>() == 30),
+        "every channel subscribed again, the lost ones on the promoted replica"
+    );
+    let followed = followed.elapsed();
+    for i in 2..6 {
+        publish_round(i);
+    }
+
+    // Per topic: rounds in order, none twice, everything after the failover delivered, and a gap notice before
+    // the first message after it wherever messages were lost.
+    let mut gap_at: HashMap<String, usize> = HashMap::new();
+    let mut got: HashMap<String, Vec<usize>> = topics.iter().map(|t| (t.clone(), vec![0])).collect();
+    let mut pending: usize = topics.len() * 4; // rounds 2..6
+    while pending > 0 {
+        let m = match sub.read() {
+            Ok(m @ Message::Text(_)) => m,
+            Ok(_) => continue,
+            Err(e) => panic!("{e}: {pending} not delivered; so far {got:?}, gaps {gap_at:?}"),
+        };
+        let v: Value = serde_json::from_str(m.to_text().expect("text")).expect("JSON");
+        if v["type"] == "gap" {
+            let t = v["topic"].as_str().expect("topic").to_string();
+            let at = got.get(&t).map_or(1, Vec::len);
+            gap_at.entry(t).or_insert(at);
+            continue;
+        }
+        let k = key_of_envelope(&v);
+        let (t, i) = k.rsplit_once('.').expect("key");
+        let i: usize = i.parse().expect("round");
+        if i != 1 {
+            pending -= 1;
+        }
+        got.entry(t.to_string()).or_default().push(i);
+    }
+    for t in &topics {
+        let rounds = &got[t];
+        assert!(rounds.windows(2).all(|w| w[0] < w[1]), "{t}: in order, once: {rounds:?}");
+        let without_1: Vec<usize> = rounds.iter().copied().filter(|&r| r != 1).collect();
+        assert_eq!(without_1, [0, 2, 3, 4, 5], "{t}");
+        if !rounds.contains(&1) {
+            let at = gap_at.get(t).unwrap_or_else(|| panic!("{t}: round 1 lost without a gap notice"));
+            assert_eq!(*at, 1, "{t}: the gap notice comes after round 0, before the messages after the failover");
+        }
+    }
+    let gaps = topics.iter().filter(|t| gap_at.contains_key(*t)).count();
+    assert!(gaps >= lost, "at least the {lost} topics of the killed master are notified: {gaps}");
+    sub.get_ref().set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    assert!(sub.read().is_err(), "nothing twice");
+    eprintln!("replica promoted {promoted:?} after the kill; both nodes followed and resubscribed {followed:?} later");
+}

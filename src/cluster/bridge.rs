@@ -198,6 +198,8 @@ fn fetch_topology(
     tls: &Option<Arc<ClientConfig>>,
 ) -> Option<Topology> {
     let auth = password.as_deref().map(|pw| (user, pw));
+    // A dead master is asked first while its replica takes over: said only if no node answers.
+    let mut failures = Vec::new();
     for n in nodes {
         let tls = if n.tls { tls.as_ref() } else { None };
         match Topology::fetch(n, auth, timeout, tls) {
@@ -205,11 +207,17 @@ fn fetch_topology(
                 for m in &mut t.masters {
                     m.tls = n.tls;
                 }
+                for (node, why) in failures {
+                    tracing::debug!(node = %node, "cluster: cannot read the topology: {why}");
+                }
                 return Some(t);
             }
-            Ok(_) => tracing::warn!(node = %n, "cluster: CLUSTER SLOTS lists no master"),
-            Err(e) => tracing::warn!(node = %n, "cluster: cannot read the topology: {e}"),
+            Ok(_) => failures.push((n, "CLUSTER SLOTS lists no master".to_string())),
+            Err(e) => failures.push((n, e.to_string())),
         }
+    }
+    for (node, why) in failures {
+        tracing::warn!(node = %node, "cluster: cannot read the topology: {why}");
     }
     None
 }

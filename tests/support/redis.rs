@@ -48,19 +48,31 @@ impl Redis {
     /// Starts `n` cluster-enabled instances and makes them one Redis Cluster of `n` masters (no replicas),
     /// with `redis-cli --cluster create`; returns once every node says `cluster_state:ok`.
     pub fn cluster(n: usize) -> Vec<Redis> {
-        let nodes: Vec<Redis> = (0..n)
+        Redis::cluster_with_replicas(n, 0)
+    }
+
+    /// [`Redis::cluster`] with `replicas` replicas per master (`n * (1 + replicas)` instances; `redis-cli`
+    /// chooses which are masters: see [`Redis::is_master`]) and, with replicas, a 1.5 s `cluster-node-timeout`,
+    /// so a replica is promoted a few seconds after its master dies. Returns once every replica has synced.
+    pub fn cluster_with_replicas(n: usize, replicas: usize) -> Vec<Redis> {
+        let nodes: Vec<Redis> = (0..n * (1 + replicas))
             .map(|_| {
                 let (port, bus) = (free_port(), free_port());
                 let bus = bus.to_string();
-                Redis::start_args(port, None, &["--cluster-enabled", "yes", "--cluster-port", &bus])
+                let mut args = vec!["--cluster-enabled", "yes", "--cluster-port", &bus];
+                if replicas > 0 {
+                    args.extend_from_slice(&["--cluster-node-timeout", "1500"]);
+                }
+                Redis::start_args(port, None, &args)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
+        let replicas = replicas.to_string();
         let status = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas, "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .expect("redis-cli (same package as redis-server)");
@@ -75,7 +87,21 @@ impl Redis {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        for r in nodes.iter().filter(|r| !r.is_master()) {
+            while !r
+                .try_command(&["INFO", "replication"])
+                .is_ok_and(|i| String::from_utf8_lossy(&i).contains("master_link_status:up"))
+            {
+                assert!(Instant::now() < deadline, "a replica did not sync with its master");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         nodes
+    }
+
+    /// Whether this instance is a master now (`ROLE`).
+    pub fn is_master(&self) -> bool {
+        self.try_command(&["ROLE"]).is_ok_and(|r| r.windows(10).any(|w| w == b"\r\nmaster\r\n"))
     }
 
     fn start_args(port: u16, password: Option<String>, extra: &[&str]) -> Redis {
