@@ -75,6 +75,9 @@ pub fn spawn(
             waker: waker.clone(),
             wake: false,
             skipped: HashMap::new(),
+            batch: Vec::new(),
+            payloads: BytesMut::new(),
+            last_topic: None,
         })
         .collect();
     drop(tx);
@@ -601,7 +604,11 @@ impl Bridge {
     fn drain_queue(&mut self, now: Instant) -> bool {
         loop {
             match self.rx.try_recv() {
-                Ok(ToBridge::Publish(out)) => self.enqueue(out, now),
+                Ok(ToBridge::Publish(batch)) => {
+                    for out in batch {
+                        self.enqueue(out, now);
+                    }
+                }
                 Ok(ToBridge::Interest { topic, worker, on }) => self.interest(topic, worker, on, now),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
