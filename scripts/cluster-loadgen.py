@@ -9,7 +9,7 @@ Usage (from the repository root, after `cargo build --release -p herald -p loadg
   scripts/cluster-loadgen.py bridge RUNS      1 publisher on node A, 1 subscriber on node B, one Redis
   scripts/cluster-loadgen.py scaling RUNS     1 node / 2 nodes on 1 Redis / 2 nodes on 2 Redis, same subscribers
   scripts/cluster-loadgen.py nchan RUNS       2 herald nodes vs 2 nginx+Nchan on one Redis: subs on one, pubs on other
-Environment: PIPELINE (ceiling: -P, default 64), DURATION (default 10), WARMUP (2), WINDOW (loadgen --window), SUBS, TOPICS, PUBS, SIZE override the
+Environment: TLS=1 (bridge: rediss:// to Redis's TLS port), PIPELINE (ceiling: -P, default 64), DURATION (default 10), WARMUP (2), WINDOW (loadgen --window), SUBS, TOPICS, PUBS, SIZE override the
 scenario's loadgen settings."""
 import json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
@@ -108,6 +108,29 @@ def redis(port=None):
                "--dir", d, "--loglevel", "warning"])
     wait_port(port)
     return p, port
+
+
+def tls_redis():
+    """A Redis with a TLS port (certificate for 127.0.0.1 from a CA made now with openssl): (process, plain
+    port, TLS port, CA file)."""
+    d = tempfile.mkdtemp(prefix="herald-bench-redis-")
+    dirs.append(d)
+    f = lambda n: os.path.join(d, n)
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+        "-subj", "/CN=bench CA", "-keyout", f("ca.key"), "-out", f("ca.pem"))
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=redis",
+        "-keyout", f("redis.key"), "-out", f("redis.csr"))
+    with open(f("ext"), "w") as e:
+        e.write("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", f("redis.csr"), "-CA", f("ca.pem"), "-CAkey", f("ca.key"),
+        "-CAcreateserial", "-days", "1", "-extfile", f("ext"), "-out", f("redis.pem"))
+    port, tls_port = free_port(), free_port()
+    p = start(["redis-server", "--port", str(port), "--tls-port", str(tls_port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", d, "--loglevel", "warning", "--tls-cert-file", f("redis.pem"),
+               "--tls-key-file", f("redis.key"), "--tls-ca-cert-file", f("ca.pem"), "--tls-auth-clients", "no"])
+    wait_port(port)
+    return p, port, tls_port, f("ca.pem")
 
 
 def herald(urls, workers=1, extra=()):
@@ -254,14 +277,20 @@ def herald_probes(name, p):
 def bridge(runs):
     subs, topics, pubs = env_int("SUBS", 1), env_int("TOPICS", 1), env_int("PUBS", 1)
     size, window = env_int("SIZE", 64), env_int("WINDOW", 4096)
+    tls = os.environ.get("TLS") == "1"
     for _ in range(runs):
-        rp, rport = redis()
-        a, aport = herald([f"redis://127.0.0.1:{rport}"], extra=["--cluster-node-id", "A"])
-        b, bport = herald([f"redis://127.0.0.1:{rport}"], extra=["--cluster-node-id", "B"])
+        if tls:
+            rp, _, tport, ca = tls_redis()
+            url, extra = f"rediss://127.0.0.1:{tport}", ["--cluster-tls-ca-file", ca]
+        else:
+            (rp, rport), extra = redis(), []
+            url = f"redis://127.0.0.1:{rport}"
+        a, aport = herald([url], extra=["--cluster-node-id", "A", *extra])
+        b, bport = herald([url], extra=["--cluster-node-id", "B", *extra])
         probes = {"redis": lambda: process_cpu(rp.pid), **herald_probes("A", a), **herald_probes("B", b)}
         report, cpu, secs = loadgen([f"ws://127.0.0.1:{bport}"], [f"ws://127.0.0.1:{aport}"], probes, subs,
                                     topics, pubs, size, window)
-        emit("bridge", report, cpu, secs, {"window": window, "loadavg": os.getloadavg()[0]})
+        emit("bridge", report, cpu, secs, {"tls": tls, "window": window, "loadavg": os.getloadavg()[0]})
         stop_all()
 
 
