@@ -965,6 +965,15 @@ section! {
         password_env: String = String::new(), flag = "cluster-password-env";
         /// Redis user for AUTH with a password (default: none, the `default` user).
         username: String = String::new(), flag = "cluster-username";
+        /// rediss:// URLs: PEM file of the CA certificate(s) Redis's certificate must chain to (required with
+        /// rediss://; for a public CA, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt). The name
+        /// checked is the URL's host.
+        tls_ca_file: String = String::new(), flag = "cluster-tls-ca-file";
+        /// rediss:// URLs: PEM certificate chain herald presents to Redis (for `tls-auth-clients yes`, Redis's
+        /// default) (default: none).
+        tls_cert_file: String = String::new(), flag = "cluster-tls-cert-file";
+        /// rediss:// URLs: PEM private key of tls_cert_file (default: none).
+        tls_key_file: String = String::new(), flag = "cluster-tls-key-file";
         /// Time allowed to connect to Redis and get the first reply (default 2s).
         connect_timeout: Dur = Dur(Duration::from_secs(2)), flag = "cluster-connect-timeout";
         /// How often each subscribe connection checks itself with a self-published probe (default 1s).
@@ -1251,8 +1260,17 @@ impl Cluster {
 
     fn check(&self) -> Result<(), ConfigError> {
         for url in &self.redis_urls.0 {
-            crate::cluster::RedisUrl::parse(url)
+            let url = crate::cluster::RedisUrl::parse(url)
                 .map_err(|e| ConfigError::Invalid { key: "cluster.redis_urls", message: e.to_string() })?;
+            if url.tls && self.tls_ca_file.is_empty() {
+                return Err(invalid("cluster.tls_ca_file", "rediss:// needs the CA that signed Redis's certificate"));
+            }
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(invalid(
+                "cluster.tls_cert_file",
+                "give cluster.tls_cert_file and cluster.tls_key_file together",
+            ));
         }
         if self.max_pending == 0 {
             return Err(invalid("cluster.max_pending", "must be at least 1"));

@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::{ClientConfig, ClientConnection};
 
 use super::envelope::{self, Header, Kind, Order};
 use super::resp::{self, Value};
@@ -38,6 +39,8 @@ const WAKER: Token = Token(usize::MAX);
 const TICK: Duration = Duration::from_millis(50);
 /// A publish link's write buffer is filled up to this size; the rest waits in the shard's queue.
 const OUT_CAP: usize = 1 << 20;
+/// Bytes per read call on a plain link.
+const READ_CHUNK: usize = 128 * 1024;
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUB_BATCH: usize = 512;
 /// First reconnection delay (doubled per failed attempt, up to `cluster.reconnect_max`).
@@ -58,6 +61,7 @@ pub fn spawn(
     let node = state.id;
     let password = super::read_password(c)?;
     let urls: Vec<RedisUrl> = c.redis_urls.0.iter().map(|u| RedisUrl::parse(u)).collect::<Result<_, _>>()?;
+    let tls = super::tls::client_config(c, &urls)?;
     let poll = Poll::new()?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -71,6 +75,9 @@ pub fn spawn(
             waker: waker.clone(),
             wake: false,
             skipped: HashMap::new(),
+            batch: Vec::new(),
+            payloads: BytesMut::new(),
+            last_topic: None,
         })
         .collect();
     drop(tx);
@@ -79,7 +86,8 @@ pub fn spawn(
     let sharded = c.mode == ClusterMode::Sharded;
     let verbs = if sharded { SHARDED } else { CLASSIC };
     // Sharded mode: the masters, if a seed answers now (else the seeds stand in until one does).
-    let topology = if sharded { fetch_topology(&urls, &password, &c.username, c.connect_timeout.0) } else { None };
+    let topology =
+        if sharded { fetch_topology(&urls, &password, &c.username, c.connect_timeout.0, &tls) } else { None };
     let instances = topology.as_ref().map_or(urls.clone(), |t| t.masters.clone());
     state.set_instances(&instances);
     let shards = instances
@@ -103,6 +111,7 @@ pub fn spawn(
         node,
         prefix,
         password,
+        tls,
         state,
         metrics: Counters::default(),
         shared,
@@ -115,6 +124,7 @@ pub fn spawn(
         verbs,
         next_sweep: now + SEQ_IDLE,
         max_bulk: cfg.limits.max_message_size.bytes() + envelope::HEADER + 1024,
+        channel: Vec::new(),
         cfg,
         paused: false,
     };
@@ -184,14 +194,36 @@ const SHARDED: Verbs = Verbs {
 };
 
 /// Asks each node in turn for the cluster's topology.
-fn fetch_topology(nodes: &[RedisUrl], password: &Option<String>, user: &str, timeout: Duration) -> Option<Topology> {
+/// (With `rediss://` seeds, the masters are reached over TLS too, on the ports CLUSTER SLOTS gives: Redis's
+/// `tls-cluster yes`.)
+fn fetch_topology(
+    nodes: &[RedisUrl],
+    password: &Option<String>,
+    user: &str,
+    timeout: Duration,
+    tls: &Option<Arc<ClientConfig>>,
+) -> Option<Topology> {
     let auth = password.as_deref().map(|pw| (user, pw));
+    // A dead master is asked first while its replica takes over: said only if no node answers.
+    let mut failures = Vec::new();
     for n in nodes {
-        match Topology::fetch(n, auth, timeout) {
-            Ok(t) if !t.masters.is_empty() => return Some(t),
-            Ok(_) => tracing::warn!(node = %n, "cluster: CLUSTER SLOTS lists no master"),
-            Err(e) => tracing::warn!(node = %n, "cluster: cannot read the topology: {e}"),
+        let tls = if n.tls { tls.as_ref() } else { None };
+        match Topology::fetch(n, auth, timeout, tls) {
+            Ok(mut t) if !t.masters.is_empty() => {
+                for m in &mut t.masters {
+                    m.tls = n.tls;
+                }
+                for (node, why) in failures {
+                    tracing::debug!(node = %node, "cluster: cannot read the topology: {why}");
+                }
+                return Some(t);
+            }
+            Ok(_) => failures.push((n, "CLUSTER SLOTS lists no master".to_string())),
+            Err(e) => failures.push((n, e.to_string())),
         }
+    }
+    for (node, why) in failures {
+        tracing::warn!(node = %node, "cluster: cannot read the topology: {why}");
     }
     None
 }
@@ -214,16 +246,30 @@ fn probe_channel(prefix: &[u8], node: u64, i: usize, topology: Option<&Topology>
     c
 }
 
-/// One connection to Redis.
+/// One connection to Redis: plain, or TLS (`rediss://`) through a rustls client connection that the link feeds
+/// records to and from its non-blocking socket.
 #[derive(Debug, Default)]
 struct Link {
     stream: Option<TcpStream>,
+    tls: Option<Box<ClientConnection>>,
     out: BytesMut,
     inbuf: BytesMut,
+    /// What a plain read lands in first ([`READ_CHUNK`] bytes once the link has read).
+    scratch: Vec<u8>,
     /// Replies still expected to the connection's opening commands (AUTH, PING or the probe's SUBSCRIBE).
     handshake_left: usize,
     /// PUBLISH replies still expected (publish link), in order: true for a probe's.
     awaiting: VecDeque<bool>,
+}
+
+/// What a socket call's error means for the link: go on later (`Ok(false)`), retry now (`Ok(true)`), or fail.
+fn retry(e: io::Error) -> Result<bool, LinkError> {
+    match e.kind() {
+        // Not connected yet: the WRITABLE (or READABLE) edge comes when it is.
+        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected => Ok(false),
+        io::ErrorKind::Interrupted => Ok(true),
+        _ => Err(e.into()),
+    }
 }
 
 impl Link {
@@ -231,20 +277,57 @@ impl Link {
         self.stream.is_some() && self.handshake_left == 0
     }
 
+    /// Drops the connection and everything buffered for it.
+    fn close(&mut self, registry: &mio::Registry) {
+        if let Some(mut stream) = self.stream.take() {
+            let _ = registry.deregister(&mut stream);
+        }
+        self.tls = None;
+    }
+
     /// Writes what is buffered until done or the socket is full.
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> Result<(), LinkError> {
         let Some(stream) = self.stream.as_mut() else { return Ok(()) };
-        while !self.out.is_empty() {
-            match stream.write(&self.out) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
+        if let Some(tls) = self.tls.as_mut() {
+            loop {
+                // Plaintext into rustls (sealed into records, or held until the handshake is done, up to its
+                // buffer limit), then its records out.
+                while !self.out.is_empty() {
+                    let n = tls.writer().write(&self.out)?;
+                    if n == 0 {
+                        break;
+                    }
                     let _ = self.out.split_to(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Not connected yet: the WRITABLE edge comes when it is.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
-                Err(e) => return Err(e),
+                let mut wrote = false;
+                while tls.wants_write() {
+                    match tls.write_tls(stream) {
+                        Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                        Ok(_) => wrote = true,
+                        Err(e) => {
+                            if !retry(e)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if self.out.is_empty() || tls.wants_write() || !wrote {
+                    break;
+                }
+            }
+        } else {
+            while !self.out.is_empty() {
+                match stream.write(&self.out) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                    Ok(n) => {
+                        let _ = self.out.split_to(n);
+                    }
+                    Err(e) => {
+                        if !retry(e)? {
+                            break;
+                        }
+                    }
+                }
             }
         }
         if self.out.is_empty() && self.out.capacity() > 4 * OUT_CAP {
@@ -254,30 +337,81 @@ impl Link {
     }
 
     /// Reads what is available, up to about 4 MiB: (false at EOF, true when the socket may hold more).
-    fn fill(&mut self) -> io::Result<(bool, bool)> {
+    fn fill(&mut self) -> Result<(bool, bool), LinkError> {
         let Some(stream) = self.stream.as_mut() else { return Ok((true, false)) };
+        if let Some(tls) = self.tls.as_mut() {
+            let result = Self::fill_tls(tls, stream, &mut self.inbuf);
+            if result.is_err() {
+                // rustls queued an alert saying why: best effort, the link is dropped next.
+                let _ = tls.write_tls(stream);
+                return result;
+            }
+            // A handshake message, a key update or plaintext held during the handshake may wait to go out.
+            self.flush()?;
+            return result;
+        }
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_CHUNK];
+        }
         loop {
-            self.inbuf.reserve(64 * 1024);
-            let len = self.inbuf.len();
-            let cap = self.inbuf.capacity();
-            self.inbuf.resize(cap, 0);
-            match stream.read(&mut self.inbuf[len..]) {
-                Ok(0) => {
-                    self.inbuf.truncate(len);
-                    return Ok((false, false));
-                }
-                Ok(n) => self.inbuf.truncate(len + n),
+            // Read into the scratch buffer, then copy what came: cheaper than zeroing the input buffer's spare
+            // capacity before every read.
+            match stream.read(&mut self.scratch) {
+                Ok(0) => return Ok((false, false)),
+                Ok(n) => self.inbuf.extend_from_slice(&self.scratch[..n]),
                 Err(e) => {
-                    self.inbuf.truncate(len);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected => return Ok((true, false)),
-                        io::ErrorKind::Interrupted => {}
-                        _ => return Err(e),
+                    if !retry(e)? {
+                        return Ok((true, false));
                     }
                 }
             }
             if self.inbuf.len() >= 4 * 1024 * 1024 {
                 // Enough to work on: the caller decodes it, then reads on (the edge will not come again).
+                return Ok((true, true));
+            }
+        }
+    }
+
+    /// [`Link::fill`] through TLS: records from the socket into rustls, plaintext out of it.
+    fn fill_tls(
+        tls: &mut ClientConnection,
+        stream: &mut TcpStream,
+        inbuf: &mut BytesMut,
+    ) -> Result<(bool, bool), LinkError> {
+        loop {
+            match tls.read_tls(stream) {
+                Ok(0) => return Ok((false, false)),
+                Ok(_) => {}
+                Err(e) => {
+                    if retry(e)? {
+                        continue;
+                    }
+                    return Ok((true, false));
+                }
+            }
+            let state = tls.process_new_packets().map_err(|e| LinkError::Tls(super::tls::describe(&e)))?;
+            let mut left = state.plaintext_bytes_to_read();
+            while left > 0 {
+                let len = inbuf.len();
+                inbuf.resize(len + left, 0);
+                match tls.reader().read(&mut inbuf[len..]) {
+                    Ok(n) => {
+                        inbuf.truncate(len + n);
+                        left -= n.min(left);
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        inbuf.truncate(len);
+                        return Err(e.into());
+                    }
+                }
+            }
+            if state.peer_has_closed() {
+                return Ok((false, false));
+            }
+            if inbuf.len() >= 4 * 1024 * 1024 {
                 return Ok((true, true));
             }
         }
@@ -363,6 +497,8 @@ struct Bridge {
     node: u64,
     prefix: Vec<u8>,
     password: Option<String>,
+    /// The client configuration for `rediss://` links (None when no URL uses TLS).
+    tls: Option<Arc<ClientConfig>>,
     state: Arc<ClusterState>,
     metrics: Counters,
     /// The process's shared state: the bridge publishes its metrics in `slots[slot]`, after the workers'.
@@ -379,6 +515,8 @@ struct Bridge {
     verbs: Verbs,
     next_sweep: Instant,
     max_bulk: usize,
+    /// The channel of the message being handled (reused).
+    channel: Vec<u8>,
     cfg: Arc<Config>,
     paused: bool,
 }
@@ -400,6 +538,8 @@ enum LinkError {
     Stalled,
     #[error("cannot resolve {0}")]
     Resolve(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Bridge {
@@ -464,7 +604,11 @@ impl Bridge {
     fn drain_queue(&mut self, now: Instant) -> bool {
         loop {
             match self.rx.try_recv() {
-                Ok(ToBridge::Publish(out)) => self.enqueue(out, now),
+                Ok(ToBridge::Publish(batch)) => {
+                    for out in batch {
+                        self.enqueue(out, now);
+                    }
+                }
                 Ok(ToBridge::Interest { topic, worker, on }) => self.interest(topic, worker, on, now),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
@@ -573,6 +717,15 @@ impl Bridge {
     /// the probe's SUBSCRIBE and every wanted channel, in batches, on the subscribe link).
     fn connect(&mut self, s: usize, now: Instant) -> Result<(), LinkError> {
         let addr = resolve(&self.shards[s].url)?;
+        let tls = match (self.shards[s].url.tls, &self.tls) {
+            (false, _) => None,
+            (true, Some(config)) => {
+                let name =
+                    super::tls::server_name(&self.shards[s].url.host).map_err(|e| LinkError::Tls(e.to_string()))?;
+                Some((config, name))
+            }
+            (true, None) => return Err(LinkError::Tls("rediss:// without cluster.tls_ca_file".to_string())),
+        };
         let shard = &mut self.shards[s];
         shard.connect_deadline = Some(now + self.cfg.cluster.connect_timeout.0);
         let auth = self.password.as_deref().map(|pw| {
@@ -591,6 +744,13 @@ impl Bridge {
             let token = Token(s * 2 + usize::from(is_sub));
             self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
             link.stream = Some(stream);
+            link.tls = match &tls {
+                Some((config, name)) => Some(Box::new(
+                    ClientConnection::new(Arc::clone(config), name.clone())
+                        .map_err(|e| LinkError::Tls(super::tls::describe(&e)))?,
+                )),
+                None => None,
+            };
             link.out.clear();
             link.inbuf.clear();
             link.awaiting.clear();
@@ -625,7 +785,7 @@ impl Bridge {
         let mut nodes: Vec<RedisUrl> = self.shards.iter().map(|s| s.url.clone()).collect();
         nodes.extend(self.seeds.iter().cloned());
         nodes.dedup();
-        let Some(topology) = fetch_topology(&nodes, &self.password, &c.username, c.connect_timeout.0) else {
+        let Some(topology) = fetch_topology(&nodes, &self.password, &c.username, c.connect_timeout.0, &self.tls) else {
             self.next_refresh = now + BACKOFF_MIN * 5;
             return;
         };
@@ -638,9 +798,7 @@ impl Bridge {
         let mut was_up = false;
         for shard in &mut self.shards {
             for link in [&mut shard.publ, &mut shard.sub] {
-                if let Some(mut stream) = link.stream.take() {
-                    let _ = self.poll.registry().deregister(&mut stream);
-                }
+                link.close(self.poll.registry());
             }
             let lost = shard.publ.awaiting.iter().filter(|&&probe| !probe).count();
             self.metrics.add(Metric::ClusterPublishesFailed, lost as u64);
@@ -675,9 +833,7 @@ impl Bridge {
         let shard = &mut self.shards[s];
         let lost = shard.publ.awaiting.iter().filter(|&&probe| !probe).count();
         for link in [&mut shard.publ, &mut shard.sub] {
-            if let Some(mut stream) = link.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            link.close(self.poll.registry());
             link.out = BytesMut::new();
             link.inbuf = BytesMut::new();
             link.awaiting = VecDeque::new();
@@ -783,6 +939,24 @@ impl Bridge {
         loop {
             let shard = &mut self.shards[s];
             let link = if is_sub { &mut shard.sub } else { &mut shard.publ };
+            if link.handshake_left == 0 {
+                // The bulk of the traffic, without building values: messages, and PUBLISH replies.
+                if is_sub {
+                    let (verb, max) = (self.verbs.message, self.max_bulk);
+                    if let Some(payload) = resp::take_message(&mut link.inbuf, verb, max, &mut self.channel)? {
+                        let channel = std::mem::take(&mut self.channel);
+                        self.on_message(s, &channel, payload, now);
+                        self.channel = channel;
+                        if self.paused {
+                            break;
+                        }
+                        continue;
+                    }
+                } else if let Some(n) = resp::take_integer(&mut link.inbuf)? {
+                    self.on_reply(s, &Value::Integer(n));
+                    continue;
+                }
+            }
             let Some(value) = resp::decode(&mut link.inbuf, self.max_bulk)? else { break };
             if link.handshake_left > 0 {
                 if let Value::Error(e) = &value {

@@ -4,6 +4,7 @@
 //! - [`envelope`]: the binary envelope a message crosses Redis in, and the sequence check.
 //! - [`shard`]: which Redis instance carries a topic (standalone mode).
 //! - [`slots`]: Redis Cluster slots and topology (sharded mode).
+//! - [`tls`]: `rediss://`, the client side of TLS on the bridge's non-blocking sockets.
 //! - [`bridge`]: the one thread per node that owns the Redis connections.
 //!
 //! A worker hands each publish it accepts to the bridge through a [`WorkerLink`] (after delivering it locally
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod resp;
 pub mod shard;
 pub mod slots;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,21 +35,23 @@ pub const CLOSE_GAP: u16 = 4410;
 /// Close code for a raw `/pub` publisher refused because the queue to Redis is full (`on_overflow = "reject"`).
 pub const CLOSE_OVERLOADED: u16 = 1013;
 
-/// `redis://[user[:password]@]host:port[/db]` (the database is accepted and unused: Pub/Sub channels are
-/// global to an instance).
+/// `redis://host:port[/db]` or `rediss://host:port[/db]` (TLS; the database is accepted and unused: Pub/Sub
+/// channels are global to an instance).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    /// Host name or address.
+    /// Host name or address (with `rediss://`, also the name Redis's certificate must carry).
     pub host: String,
     /// Port (default 6379).
     pub port: u16,
+    /// `rediss://`: the connection is TLS, verified against `cluster.tls_ca_file`.
+    pub tls: bool,
 }
 
 /// A Redis URL this build does not take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// Not `redis://`.
-    #[error("`{0}`: only redis://host:port is supported (rediss:// comes with TLS)")]
+    /// Neither `redis://` nor `rediss://`.
+    #[error("`{0}`: only redis://host:port and rediss://host:port (TLS) are supported")]
     Scheme(String),
     /// A password in the URL (it would show in `ps`, logs and `--check`).
     #[error("`{0}`: put the password in cluster.password_file or cluster.password_env, not in the URL")]
@@ -60,7 +64,11 @@ pub enum UrlError {
 impl RedisUrl {
     /// Parses one URL of `cluster.redis_urls`.
     pub fn parse(url: &str) -> Result<RedisUrl, UrlError> {
-        let rest = url.strip_prefix("redis://").ok_or_else(|| UrlError::Scheme(url.to_string()))?;
+        let (rest, tls) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(UrlError::Scheme(url.to_string())),
+        };
         let authority = rest.split('/').next().unwrap_or("");
         if authority.contains('@') {
             return Err(UrlError::Password(url.to_string()));
@@ -75,7 +83,7 @@ impl RedisUrl {
         if host.is_empty() || port == 0 {
             return Err(UrlError::Form(url.to_string()));
         }
-        Ok(RedisUrl { host: host.to_string(), port })
+        Ok(RedisUrl { host: host.to_string(), port, tls })
     }
 }
 
@@ -106,6 +114,9 @@ pub enum ClusterError {
     /// A URL is not usable (checked with the config already; kept for embedding).
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// The TLS settings for `rediss://` are not usable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
     /// The bridge's poll or thread could not be created.
     #[error("cannot start the cluster bridge: {0}")]
     Io(#[from] std::io::Error),
@@ -229,8 +240,8 @@ pub struct Outgoing {
 /// What a worker tells the bridge.
 #[derive(Debug)]
 pub enum ToBridge {
-    /// Send this to Redis.
-    Publish(Outgoing),
+    /// Send these to Redis, in order (a worker's publishes of one loop turn; their payloads share one buffer).
+    Publish(Vec<Outgoing>),
     /// Worker `worker` has (`on`) or no longer has local subscribers of `topic`.
     Interest {
         /// The topic.
@@ -261,6 +272,9 @@ pub enum Offered {
 const MAX_SKIPPED_TOPICS: usize = 65_536;
 
 /// A worker's end of the bridge: a queue (bounded, over all workers, by `cluster.max_pending`) and a waker.
+///
+/// A loop turn's publishes are gathered and sent as one batch by [`WorkerLink::wake`] (or when the batch is
+/// large): one queue operation and one payload buffer per batch, not per message.
 #[derive(Debug)]
 pub struct WorkerLink {
     tx: Sender<ToBridge>,
@@ -270,7 +284,16 @@ pub struct WorkerLink {
     waker: Arc<mio::Waker>,
     wake: bool,
     skipped: HashMap<Box<str>, u32>,
+    /// The batch: topic, kind, payload range in `payloads`, skipped count.
+    batch: Vec<(Arc<str>, Kind, std::ops::Range<usize>, u32)>,
+    payloads: bytes::BytesMut,
+    /// The last topic published (hot topics are not allocated again for every message).
+    last_topic: Option<Arc<str>>,
 }
+
+/// A batch is sent before it holds more messages or payload bytes than this, whatever the loop turn.
+const BATCH_MESSAGES: usize = 1024;
+const BATCH_BYTES: usize = 256 * 1024;
 
 impl WorkerLink {
     /// Offers a publish; never blocks.
@@ -287,28 +310,65 @@ impl WorkerLink {
         }
         let skipped = if self.skipped.is_empty() { 0 } else { self.skipped.remove(topic).unwrap_or(0) };
         self.pending.fetch_add(1, Ordering::Relaxed);
-        let out = Outgoing { topic: Arc::from(topic), kind, payload: Bytes::copy_from_slice(payload), skipped };
-        if self.tx.send(ToBridge::Publish(out)).is_err() {
-            // The bridge has exited (shutdown): nothing more goes to Redis.
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        let topic = match &self.last_topic {
+            Some(last) if **last == *topic => last.clone(),
+            _ => {
+                let t: Arc<str> = Arc::from(topic);
+                self.last_topic = Some(t.clone());
+                t
+            }
+        };
+        let start = self.payloads.len();
+        self.payloads.extend_from_slice(payload);
+        self.batch.push((topic, kind, start..self.payloads.len(), skipped));
+        if self.batch.len() >= BATCH_MESSAGES || self.payloads.len() >= BATCH_BYTES {
+            self.send_batch();
         }
         self.wake = true;
         Ok(Offered::Queued)
     }
 
+    /// Sends the gathered publishes as one batch.
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let payloads = self.payloads.split().freeze();
+        let outs: Vec<Outgoing> = self
+            .batch
+            .drain(..)
+            .map(|(topic, kind, range, skipped)| Outgoing { topic, kind, payload: payloads.slice(range), skipped })
+            .collect();
+        let n = outs.len();
+        if self.tx.send(ToBridge::Publish(outs)).is_err() {
+            // The bridge has exited (shutdown): nothing more goes to Redis.
+            self.pending.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
     /// Tells the bridge whether this worker has local subscribers of `topic`.
     pub fn interest(&mut self, topic: &Arc<str>, worker: usize, on: bool) {
+        self.send_batch();
         let _ = self.tx.send(ToBridge::Interest { topic: topic.clone(), worker, on });
         self.wake = true;
     }
 
-    /// Wakes the bridge if anything was sent since the last call (once per loop turn).
+    /// Sends the loop turn's publishes and wakes the bridge if anything was sent since the last call (once per
+    /// loop turn).
     pub fn wake(&mut self) {
+        self.send_batch();
         if std::mem::take(&mut self.wake) {
             if let Err(e) = self.waker.wake() {
                 tracing::warn!("cluster: waking the bridge failed: {e}");
             }
         }
+    }
+}
+
+impl Drop for WorkerLink {
+    fn drop(&mut self) {
+        // A worker that exits sends what it gathered (the bridge writes it before it stops).
+        self.send_batch();
     }
 }
 
@@ -346,16 +406,19 @@ mod tests {
 
     #[test]
     fn redis_urls_take_host_port_and_an_ignored_database() {
-        assert_eq!(RedisUrl::parse("redis://127.0.0.1:6380/2"), Ok(RedisUrl { host: "127.0.0.1".into(), port: 6380 }));
-        assert_eq!(RedisUrl::parse("redis://cache"), Ok(RedisUrl { host: "cache".into(), port: 6379 }));
-        assert_eq!(RedisUrl::parse("redis://[::1]:7000"), Ok(RedisUrl { host: "::1".into(), port: 7000 }));
+        let url = |host: &str, port, tls| RedisUrl { host: host.into(), port, tls };
+        assert_eq!(RedisUrl::parse("redis://127.0.0.1:6380/2"), Ok(url("127.0.0.1", 6380, false)));
+        assert_eq!(RedisUrl::parse("redis://cache"), Ok(url("cache", 6379, false)));
+        assert_eq!(RedisUrl::parse("redis://[::1]:7000"), Ok(url("::1", 7000, false)));
+        assert_eq!(RedisUrl::parse("rediss://cache.internal:6380"), Ok(url("cache.internal", 6380, true)));
         assert_eq!(RedisUrl::parse("redis://[::1]:7000").map(|u| u.to_string()), Ok("[::1]:7000".to_string()));
     }
 
     #[test]
     fn urls_with_a_password_or_another_scheme_are_refused() {
         assert!(matches!(RedisUrl::parse("redis://:secret@host:6379"), Err(UrlError::Password(_))));
-        assert!(matches!(RedisUrl::parse("rediss://host:6379"), Err(UrlError::Scheme(_))));
+        assert!(matches!(RedisUrl::parse("http://host:6379"), Err(UrlError::Scheme(_))));
+        assert!(matches!(RedisUrl::parse("rediss://:pw@host:6379"), Err(UrlError::Password(_))));
         assert!(matches!(RedisUrl::parse("redis://:6379"), Err(UrlError::Form(_))));
         assert!(matches!(RedisUrl::parse("redis://h:0"), Err(UrlError::Form(_))));
     }
@@ -392,15 +455,26 @@ mod tests {
             waker,
             wake: false,
             skipped: HashMap::new(),
+            batch: Vec::new(),
+            payloads: bytes::BytesMut::new(),
+            last_topic: None,
         };
         (link, rx, poll)
     }
 
-    fn next_publish(rx: &crossbeam_channel::Receiver<ToBridge>) -> Outgoing {
+    /// The publishes of the next batch.
+    fn next_batch(link: &mut WorkerLink, rx: &crossbeam_channel::Receiver<ToBridge>) -> Vec<Outgoing> {
+        link.wake();
         match rx.try_recv() {
             Ok(ToBridge::Publish(o)) => o,
             other => panic!("expected a publish, got {other:?}"),
         }
+    }
+
+    fn next_publish(link: &mut WorkerLink, rx: &crossbeam_channel::Receiver<ToBridge>) -> Outgoing {
+        let mut batch = next_batch(link, rx);
+        assert_eq!(batch.len(), 1);
+        batch.remove(0)
     }
 
     #[test]
@@ -411,18 +485,18 @@ mod tests {
         assert_eq!(link.offer("t", Kind::Text, b"3"), Ok(Offered::Dropped), "queue full");
         assert_eq!(link.offer("t", Kind::Text, b"4"), Ok(Offered::Dropped));
         assert_eq!(link.offer("u", Kind::Text, b"x"), Ok(Offered::Dropped));
-        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert_eq!(next_batch(&mut link, &rx).len(), 2);
         link.pending.store(0, Ordering::Relaxed); // the bridge wrote them
         let next = {
             assert_eq!(link.offer("t", Kind::Text, b"5"), Ok(Offered::Queued));
-            next_publish(&rx)
+            next_publish(&mut link, &rx)
         };
         assert_eq!((&next.payload[..], next.skipped), (&b"5"[..], 2), "the two dropped ones are skipped");
         assert_eq!(link.offer("t", Kind::Text, b"6"), Ok(Offered::Queued));
-        assert_eq!(next_publish(&rx).skipped, 0, "counted once");
+        assert_eq!(next_publish(&mut link, &rx).skipped, 0, "counted once");
         link.pending.store(0, Ordering::Relaxed);
         assert_eq!(link.offer("u", Kind::Text, b"y"), Ok(Offered::Queued));
-        assert_eq!(next_publish(&rx).skipped, 1, "per topic");
+        assert_eq!(next_publish(&mut link, &rx).skipped, 1, "per topic");
     }
 
     #[test]
@@ -430,9 +504,33 @@ mod tests {
         let (mut link, rx, _poll) = link(1, OverflowPolicy::Reject);
         assert_eq!(link.offer("t", Kind::Binary, b"1"), Ok(Offered::Queued));
         assert_eq!(link.offer("t", Kind::Binary, b"2"), Err(Overflow));
-        assert!(rx.try_recv().is_ok());
-        assert!(rx.try_recv().is_err(), "the refused one is not queued");
+        assert_eq!(next_batch(&mut link, &rx).len(), 1, "the refused one is not queued");
+        assert!(rx.try_recv().is_err());
         assert_eq!(link.pending.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_loop_turns_publishes_go_as_one_batch_in_order_with_their_own_bytes() {
+        let (mut link, rx, _poll) = link(10_000, OverflowPolicy::Drop);
+        for (t, p) in [("a", &b"1"[..]), ("a", b"22"), ("b", b""), ("a", b"333")] {
+            assert_eq!(link.offer(t, Kind::Binary, p), Ok(Offered::Queued));
+        }
+        assert!(rx.try_recv().is_err(), "nothing sent before the turn ends");
+        let batch = next_batch(&mut link, &rx);
+        let got: Vec<(&str, &[u8])> = batch.iter().map(|o| (&*o.topic, &o.payload[..])).collect();
+        assert_eq!(got, [("a", &b"1"[..]), ("a", b"22"), ("b", b""), ("a", b"333")]);
+        link.wake();
+        assert!(rx.try_recv().is_err(), "an empty turn sends nothing");
+        // A large turn goes in several batches, still in order; a worker that exits sends what it gathered.
+        for i in 0..BATCH_MESSAGES + 5 {
+            assert_eq!(link.offer("c", Kind::Text, format!("{i}").as_bytes()), Ok(Offered::Queued));
+        }
+        drop(link);
+        let mut all = Vec::new();
+        while let Ok(ToBridge::Publish(b)) = rx.try_recv() {
+            all.extend(b.into_iter().map(|o| String::from_utf8(o.payload.to_vec()).expect("utf-8")));
+        }
+        assert_eq!(all, (0..BATCH_MESSAGES + 5).map(|i| i.to_string()).collect::<Vec<_>>());
     }
 
     #[test]

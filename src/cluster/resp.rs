@@ -2,9 +2,11 @@
 //!
 //! Only what the bridge speaks: commands are arrays of bulk strings (`*N\r\n$len\r\narg\r\n...`), replies are
 //! simple strings, errors, integers, bulk strings (or nil) and arrays. Decoding never copies a bulk string: a
-//! complete value is split off the read buffer once and every bulk string is a slice of it.
+//! complete value is split off the read buffer once and every bulk string is a slice of it. Two fast paths take
+//! the bridge's bulk traffic without building values: [`take_integer`] (a PUBLISH's reply) and
+//! [`take_message`] (a Pub/Sub message push, whose payload is the only piece split off).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// A decoded RESP2 value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +73,79 @@ fn line(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, RespError> {
 }
 
 fn int(text: &[u8]) -> Result<i64, RespError> {
-    std::str::from_utf8(text).ok().and_then(|s| s.parse().ok()).ok_or(RespError::Malformed("bad integer"))
+    const BAD: RespError = RespError::Malformed("bad integer");
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return Err(BAD);
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(BAD);
+        }
+        let d = i64::from(d - b'0');
+        v = v.checked_mul(10).and_then(|v| if negative { v.checked_sub(d) } else { v.checked_add(d) }).ok_or(BAD)?;
+    }
+    Ok(v)
+}
+
+/// Takes one integer reply (`:N\r\n`) off the front of `buf`; `Ok(None)` when `buf` does not start with a
+/// complete one (then [`decode`] takes what is there).
+pub fn take_integer(buf: &mut BytesMut) -> Result<Option<i64>, RespError> {
+    if buf.first() != Some(&b':') {
+        return Ok(None);
+    }
+    let Some((text, next)) = line(buf, 1)? else { return Ok(None) };
+    let n = int(text)?;
+    buf.advance(next);
+    Ok(Some(n))
+}
+
+/// Takes one Pub/Sub message push, `*3` of `verb`, channel and payload, off the front of `buf`: the channel is
+/// copied into `channel`, the payload split off without a copy. `Ok(None)` when `buf` does not start with a
+/// complete push of `verb` (then [`decode`] takes what is there, and refuses what is malformed or too large).
+pub fn take_message(
+    buf: &mut BytesMut,
+    verb: &[u8],
+    max_bulk: usize,
+    channel: &mut Vec<u8>,
+) -> Result<Option<Bytes>, RespError> {
+    if !buf.starts_with(b"*3\r\n") {
+        return Ok(None);
+    }
+    let Some((v0, v1, at)) = bulk_at(buf, 4, max_bulk)? else { return Ok(None) };
+    if buf[v0..v1] != *verb {
+        return Ok(None);
+    }
+    let Some((c0, c1, at)) = bulk_at(buf, at, max_bulk)? else { return Ok(None) };
+    let Some((p0, p1, end)) = bulk_at(buf, at, max_bulk)? else { return Ok(None) };
+    channel.clear();
+    channel.extend_from_slice(&buf[c0..c1]);
+    buf.advance(p0);
+    let payload = buf.split_to(p1 - p0).freeze();
+    buf.advance(end - p1);
+    Ok(Some(payload))
+}
+
+/// The bulk string at `pos`: (start and end of its bytes, position after its CRLF); `None` when it is incomplete,
+/// not a bulk string, nil, too large or without its CRLF (cases [`decode`] sorts out).
+fn bulk_at(buf: &[u8], pos: usize, max_bulk: usize) -> Result<Option<(usize, usize, usize)>, RespError> {
+    if buf.get(pos) != Some(&b'$') {
+        return Ok(None);
+    }
+    let Some((text, next)) = line(buf, pos + 1)? else { return Ok(None) };
+    let Ok(len) = usize::try_from(int(text)?) else { return Ok(None) };
+    if len > max_bulk {
+        return Ok(None);
+    }
+    let end = next + len;
+    if buf.len() < end + 2 || buf[end..end + 2] != *b"\r\n" {
+        return Ok(None);
+    }
+    Ok(Some((next, end, end + 2)))
 }
 
 /// Where the complete value starting at `pos` ends, or `None` when more bytes are needed.
@@ -255,6 +329,51 @@ mod tests {
         assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$8\r\nherald:t\r\n$3\r\n\x00hi\r\n*1\r\n$4\r\nPING\r\n");
         let back = all(&out);
         assert_eq!(back.len(), 2, "a command is itself valid RESP");
+    }
+
+    #[test]
+    fn the_fast_paths_take_integers_and_message_pushes_and_leave_the_rest_to_decode() {
+        let mut buf = BytesMut::from(&b":1\r\n:-20\r\n+OK\r\n:3"[..]);
+        assert_eq!(take_integer(&mut buf), Ok(Some(1)));
+        assert_eq!(take_integer(&mut buf), Ok(Some(-20)));
+        assert_eq!(take_integer(&mut buf), Ok(None), "not an integer");
+        assert_eq!(decode(&mut buf, 100), Ok(Some(Value::Simple(Bytes::from_static(b"OK")))));
+        assert_eq!(take_integer(&mut buf), Ok(None), "incomplete");
+        assert!(take_integer(&mut BytesMut::from(&b":1x\r\n"[..])).is_err());
+        assert!(take_integer(&mut BytesMut::from(&b":99999999999999999999\r\n"[..])).is_err(), "overflow");
+
+        let mut channel = Vec::new();
+        let push =
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\n\x00\r\n\xff\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n";
+        let mut buf = BytesMut::from(&push[..]);
+        let payload = take_message(&mut buf, b"message", 100, &mut channel).expect("valid");
+        assert_eq!((payload, &channel[..]), (Some(Bytes::from_static(b"\x00\r\n\xff")), &b"ch"[..]));
+        assert_eq!(take_message(&mut buf, b"message", 100, &mut channel), Ok(None), "another push");
+        assert!(matches!(decode(&mut buf, 100), Ok(Some(Value::Array(_)))));
+        assert!(buf.is_empty());
+        assert_eq!(take_message(&mut BytesMut::from(&push[..30]), b"message", 100, &mut channel), Ok(None));
+        assert_eq!(take_message(&mut BytesMut::from(&push[..]), b"message", 3, &mut channel), Ok(None), "too large");
+    }
+
+    proptest::proptest! {
+        /// A message push split anywhere is taken whole or not at all, and taken it is what decode reads.
+        #[test]
+        fn take_message_agrees_with_decode(channel in proptest::collection::vec(proptest::num::u8::ANY, 0..20), payload in proptest::collection::vec(proptest::num::u8::ANY, 0..60), cut in 0usize..120) {
+            let mut whole = BytesMut::new();
+            command_args(&mut whole, &[b"smessage", &channel, &payload]);
+            let cut = cut.min(whole.len());
+            let mut part = BytesMut::from(&whole[..cut]);
+            let mut got = Vec::new();
+            let taken = take_message(&mut part, b"smessage", 1 << 20, &mut got).expect("valid prefix");
+            if cut == whole.len() {
+                proptest::prop_assert_eq!(taken, Some(Bytes::copy_from_slice(&payload)));
+                proptest::prop_assert_eq!(&got, &channel);
+                proptest::prop_assert!(part.is_empty());
+            } else {
+                proptest::prop_assert_eq!(taken, None);
+                proptest::prop_assert_eq!(part.len(), cut, "nothing consumed");
+            }
+        }
     }
 
     proptest::proptest! {

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -51,6 +52,9 @@ pub enum TopologyError {
     /// Redis answered with an error (e.g. cluster support disabled).
     #[error("Redis refused CLUSTER SLOTS: {0}")]
     Refused(String),
+    /// The TLS handshake failed (certificate, name, or not a TLS port).
+    #[error("{0}")]
+    Tls(String),
     /// The answer is not the documented shape.
     #[error("unexpected CLUSTER SLOTS reply")]
     Shape,
@@ -78,6 +82,7 @@ impl Topology {
             let url = RedisUrl {
                 host: String::from_utf8_lossy(host).into_owned(),
                 port: u16::try_from(*port).map_err(|_| TopologyError::Shape)?,
+                tls: false,
             };
             let (start, end) = (usize::try_from(*start), usize::try_from(*end));
             let (Ok(start), Ok(end)) = (start, end) else { return Err(TopologyError::Shape) };
@@ -103,14 +108,32 @@ impl Topology {
         (o != u16::MAX).then_some(o as usize)
     }
 
-    /// Asks `node` for the topology (blocking, each step bounded by `timeout`).
-    pub fn fetch(node: &RedisUrl, auth: Option<(&str, &str)>, timeout: Duration) -> Result<Topology, TopologyError> {
+    /// Asks `node` for the topology (blocking, each step bounded by `timeout`), over TLS with `tls` (the
+    /// masters it lists are plain: the caller marks them).
+    pub fn fetch(
+        node: &RedisUrl,
+        auth: Option<(&str, &str)>,
+        timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Topology, TopologyError> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(node.host.as_str(), node.port))?
             .next()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
+        match tls {
+            Some(config) => {
+                let name = super::tls::server_name(&node.host).map_err(|e| TopologyError::Tls(e.to_string()))?;
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(|e| TopologyError::Tls(super::tls::describe(&e)))?;
+                Self::exchange(rustls::StreamOwned::new(conn, s), auth)
+            }
+            None => Self::exchange(s, auth),
+        }
+    }
+
+    fn exchange(mut s: impl Read + Write, auth: Option<(&str, &str)>) -> Result<Topology, TopologyError> {
         let mut out = BytesMut::new();
         let mut replies = 1;
         if let Some((user, pw)) = auth {

@@ -1,10 +1,11 @@
 //! A real `redis-server` for one test: a free loopback port, a temporary directory, persistence off, stopped by
-//! PID when dropped. `.ci/run` installs `redis-server` where it is missing.
+//! PID when dropped. `.ci/run` installs `redis-server` where it is missing. For `rediss://`, a TLS port beside
+//! the plain one (which the helpers here use), with certificates from a CA made at test time ([`Pki`]).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// The TLS port, when started with [`Redis::start_tls`].
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     password: Option<String>,
 }
@@ -45,19 +48,31 @@ impl Redis {
     /// Starts `n` cluster-enabled instances and makes them one Redis Cluster of `n` masters (no replicas),
     /// with `redis-cli --cluster create`; returns once every node says `cluster_state:ok`.
     pub fn cluster(n: usize) -> Vec<Redis> {
-        let nodes: Vec<Redis> = (0..n)
+        Redis::cluster_with_replicas(n, 0)
+    }
+
+    /// [`Redis::cluster`] with `replicas` replicas per master (`n * (1 + replicas)` instances; `redis-cli`
+    /// chooses which are masters: see [`Redis::is_master`]) and, with replicas, a 1.5 s `cluster-node-timeout`,
+    /// so a replica is promoted a few seconds after its master dies. Returns once every replica has synced.
+    pub fn cluster_with_replicas(n: usize, replicas: usize) -> Vec<Redis> {
+        let nodes: Vec<Redis> = (0..n * (1 + replicas))
             .map(|_| {
                 let (port, bus) = (free_port(), free_port());
                 let bus = bus.to_string();
-                Redis::start_args(port, None, &["--cluster-enabled", "yes", "--cluster-port", &bus])
+                let mut args = vec!["--cluster-enabled", "yes", "--cluster-port", &bus];
+                if replicas > 0 {
+                    args.extend_from_slice(&["--cluster-node-timeout", "1500"]);
+                }
+                Redis::start_args(port, None, &args)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
+        let replicas = replicas.to_string();
         let status = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas, "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .expect("redis-cli (same package as redis-server)");
@@ -72,7 +87,21 @@ impl Redis {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        for r in nodes.iter().filter(|r| !r.is_master()) {
+            while !r
+                .try_command(&["INFO", "replication"])
+                .is_ok_and(|i| String::from_utf8_lossy(&i).contains("master_link_status:up"))
+            {
+                assert!(Instant::now() < deadline, "a replica did not sync with its master");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         nodes
+    }
+
+    /// Whether this instance is a master now (`ROLE`).
+    pub fn is_master(&self) -> bool {
+        self.try_command(&["ROLE"]).is_ok_and(|r| r.windows(10).any(|w| w == b"\r\nmaster\r\n"))
     }
 
     fn start_args(port: u16, password: Option<String>, extra: &[&str]) -> Redis {
@@ -94,13 +123,45 @@ impl Redis {
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
             panic!("cannot start {} ({e}): install it (apt-get install redis-server; .ci/run does)", binary())
         });
-        let redis = Redis { child, port, dir, password };
+        let redis = Redis { child, port, tls_port: None, dir, password };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.try_command(&["PING"]).is_err() {
             assert!(Instant::now() < deadline, "redis-server on port {port} did not answer PING");
             std::thread::sleep(Duration::from_millis(20));
         }
         redis
+    }
+
+    /// Starts one with a TLS port beside the plain one, serving `cert`/`key` (PEM files); with `client_certs`,
+    /// clients must present a certificate signed by `ca` (Redis's `tls-auth-clients yes`, its default).
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path, client_certs: bool) -> Redis {
+        let tls_port = free_port();
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+        let (tls_port_s, cert, key, ca) = (tls_port.to_string(), path(cert), path(key), path(ca));
+        let auth = if client_certs { "yes" } else { "no" };
+        let mut redis = Redis::start_args(
+            free_port(),
+            None,
+            &[
+                "--tls-port",
+                &tls_port_s,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                auth,
+            ],
+        );
+        redis.tls_port = Some(tls_port);
+        redis
+    }
+
+    /// `rediss://{host}:tls_port`.
+    pub fn tls_url(&self, host: &str) -> String {
+        format!("rediss://{host}:{}", self.tls_port.expect("started with start_tls"))
     }
 
     /// `redis://127.0.0.1:port`.
@@ -241,5 +302,33 @@ impl Drop for Redis {
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A certificate authority made now (rcgen, nothing committed), and certificates it signs.
+pub struct Pki {
+    /// The CA certificate, PEM (what a client or server trusts).
+    pub ca_pem: String,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    /// A new CA (ECDSA P-256).
+    pub fn new() -> Pki {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "herald test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        Pki { ca_pem: ca.pem(), ca }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) signed by this CA: (certificate PEM, key PEM).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("params");
+        let cert = params.signed_by(&key, &self.ca).expect("signed certificate");
+        (cert.pem(), key.serialize_pem())
     }
 }
