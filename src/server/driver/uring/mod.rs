@@ -719,6 +719,14 @@ fn finish(worker: &mut Worker) {
     }
 }
 
+impl UringIo {
+    pub(super) fn wait_writable(&mut self, _key: ConnKey, _stream: &TcpStream, _flags: &mut u16) {
+        // A send in flight completes by itself: there is no readiness to wait for.
+    }
+
+    pub(super) fn write_drained(&mut self, _key: ConnKey, _stream: &TcpStream, _flags: &mut u16) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,12 +750,4 @@ mod tests {
         let e = UringError::new("cannot create the ring", io::Error::from_raw_os_error(libc::ENOMEM));
         assert!(e.to_string().contains("RLIMIT_MEMLOCK"));
     }
-}
-
-impl UringIo {
-    pub(super) fn wait_writable(&mut self, _key: ConnKey, _stream: &TcpStream, _flags: &mut u16) {
-        // A send in flight completes by itself: there is no readiness to wait for.
-    }
-
-    pub(super) fn write_drained(&mut self, _key: ConnKey, _stream: &TcpStream, _flags: &mut u16) {}
 }
