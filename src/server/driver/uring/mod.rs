@@ -274,9 +274,17 @@ impl UringIo {
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                tracing::warn!("io_uring submit failed: {e}");
-                if e.kind() != io::ErrorKind::Interrupted && e.raw_os_error() != Some(libc::EBUSY) {
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is full (and has overflowed): the kernel takes no more entries
+                    // until completions are consumed. Move them aside for the next turn and try again (trying
+                    // again without this spun for as long as the overflow lasted: 10,000 sends in one turn).
+                    self.completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+                }
+                Err(e) => {
+                    tracing::warn!("io_uring submit failed: {e}");
                     return;
                 }
             }
@@ -480,6 +488,8 @@ impl UringIo {
 
     /// Submits what is queued and waits up to `timeout` for a completion.
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        // Completions moved aside while submitting are handled now, not after a wait.
+        let timeout = if self.completions.is_empty() { timeout } else { Duration::ZERO };
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
@@ -548,7 +558,11 @@ pub fn run(mut worker: Worker) -> io::Result<()> {
             }
         }
         completions.clear();
-        uring(&mut worker).completions = completions;
+        let io = uring(&mut worker);
+        if io.completions.is_empty() {
+            // The buffer goes back for the next turn, unless completions were moved aside during this one.
+            io.completions = completions;
+        }
         for key in std::mem::take(&mut uring(&mut worker).starved) {
             // Buffers came back during the turn: receive again (the state reads what arrives then).
             let Some(fd) = worker.conns.get(key).map(|c| c.stream.as_raw_fd()) else { continue };
