@@ -411,3 +411,53 @@ fn behind_a_layer_4_proxy_the_proxy_header_precedes_tls_and_names_the_client() {
     let mut other = tls_behind_proxy(&srv, "198.51.100.10").expect("another client");
     assert_eq!(upgrade_status(&mut other), 101, "another client");
 }
+
+/// A client whose Finished and upgrade request travel together, as browsers' and loadgen's do: the request is
+/// queued before the client's last handshake flight is written.
+fn upgrade_with_the_finished(srv: &TlsServer, path: &str) -> TlsStream {
+    let mut sock = std::net::TcpStream::connect(srv.tls).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn = rustls::ClientConnection::new(srv.cert.client_config(), name).expect("client connection");
+    conn.write_tls(&mut sock).expect("client hello");
+    while conn.is_handshaking() {
+        conn.read_tls(&mut sock).expect("server flight");
+        conn.process_new_packets().expect("server flight is valid");
+    }
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    conn.writer().write_all(req.as_bytes()).expect("request");
+    while conn.wants_write() {
+        conn.write_tls(&mut sock).expect("finished and request");
+    }
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let head = read_head(&mut s);
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Records the session makes by itself get no write of their own: the handshake costs the server two writes
+/// (its hello flight; the session tickets with the 101 sealed behind them), and a close one (the close frame
+/// with close_notify behind it). Each scrape's own answer counts one more.
+#[test]
+fn tickets_ride_with_the_101_and_close_notify_with_the_close_frame() {
+    let srv = TlsServer::start(&["--workers", "1"]);
+    let writes = || srv.server.metric("herald_socket_writes_total");
+    let before = writes();
+    let mut s = upgrade_with_the_finished(&srv, "/echo");
+    let upgraded = writes();
+    assert_eq!(upgraded - before, 2 + 1, "writes for the handshake and the 101 (and the first scrape's answer)");
+    s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), [1, 2, 3, 4])).expect("close frame");
+    s.flush().expect("flush");
+    let mut reply = [0u8; 64];
+    let n = s.read(&mut reply).expect("the close frame back");
+    assert_eq!(&reply[..2.min(n)], &[0x88, 2], "a close frame with the code");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "close_notify ends the stream cleanly, nothing after the close frame");
+    // The server shut its side after close_notify: its writes are done.
+    let closed = writes();
+    assert_eq!(closed - upgraded, 1 + 1, "one write for the close frame and close_notify (and a scrape's answer)");
+}

@@ -154,12 +154,17 @@ impl Conn {
 
     /// Whether everything is said and written: the socket can be shut down for writing.
     pub fn is_finished(&self) -> bool {
-        let phase_done = match &self.phase {
+        self.says_nothing_more() && self.outbox.is_empty()
+    }
+
+    /// Whether what is in the outbox is the last this connection will send (the WebSocket core is done, or
+    /// the HTTP answer is the last word); `is_finished` once it is written.
+    pub fn says_nothing_more(&self) -> bool {
+        match &self.phase {
             Phase::Http { .. } => false,
             Phase::WebSocket { core, .. } => core.is_done(),
             Phase::Closing { .. } => true,
-        };
-        phase_done && self.outbox.is_empty()
+        }
     }
 
     /// Whether nothing waits to be written: no queued frames, no ciphertext, no send in flight.

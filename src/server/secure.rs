@@ -208,6 +208,23 @@ pub(super) fn write_last_words(conn: &mut Conn, words: &[u8]) {
     }
 }
 
+/// A TLS connection about to say its last: seals what its outbox holds (the close frame, the last HTTP
+/// answer) and queues `close_notify` behind it, so the next write sends both. Returns false when sealing
+/// failed (the session is broken: close). Plain connections, and a session that has already said it or
+/// cannot, are left as they are.
+pub(super) fn seal_last_words(conn: &mut Conn) -> bool {
+    let Some(tls) = conn.transport.tls_mut() else { return true };
+    if tls.notified || tls.session.is_failed() || tls.session.is_handshaking() || conn.flags & SENDING != 0 {
+        return true;
+    }
+    if conn.outbox.write_to(&mut tls.session.sealer()).is_err() {
+        return false;
+    }
+    tls.notified = true;
+    tls.session.close();
+    true
+}
+
 /// Writes what the session has queued, until it is empty or the socket takes no more.
 fn write_all_now(session: &mut TlsSession, out: &mut dyn Write) {
     while session.wants_write() {

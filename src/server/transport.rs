@@ -7,6 +7,7 @@
 
 use bytes::BytesMut;
 
+use super::outbox::Outbox;
 use crate::tls::{TlsError, TlsSession};
 
 /// A connection's transport. `Plain` costs nothing: the box puts it in the null niche (one pointer wide).
@@ -32,10 +33,26 @@ pub struct TlsConn {
     pub notified: bool,
 }
 
+/// Most pending ciphertext that a turn's frames are sealed behind rather than written after (see
+/// [`TlsConn::joins_outbox`]). A peer that does not read keeps at most this much ciphertext besides what one
+/// sealing of its outbox makes, as before.
+pub const JOIN_PENDING: usize = 4096;
+
 impl TlsConn {
     /// A session that has seen nothing yet.
     pub fn new(session: TlsSession) -> Self {
         TlsConn { session, started: false, counted: false, notified: false }
+    }
+
+    /// Whether the outbox should be sealed behind the ciphertext the session has pending, so both go out in one
+    /// write: the pending records are few (at most [`JOIN_PENDING`] bytes, as the tickets after a handshake
+    /// are), the handshake is over, and our `close_notify` is not among them (nothing may follow it).
+    pub fn joins_outbox(&self, outbox: &Outbox) -> bool {
+        !outbox.is_empty()
+            && self.session.wants_write()
+            && self.session.pending_tls() <= JOIN_PENDING
+            && !self.notified
+            && !self.session.is_handshaking()
     }
 
     /// Whether `first` (the first bytes a client sent on a TLS port) is a plain-text HTTP request (a client that

@@ -794,6 +794,17 @@ impl Worker {
         loop {
             self.move_control(key);
             let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.says_nothing_more()
+                && conn.flags & SHUT_WR == 0
+                && !conn.core().is_some_and(|c| c.has_pending_control())
+            {
+                // The last frames and our close_notify go out in one write.
+                if !super::secure::seal_last_words(conn) {
+                    self.close_now(key);
+                    return;
+                }
+            }
+            let Some(conn) = self.conns.get_mut(key) else { return };
             let start = conn.outbox.len_bytes();
             if !self.write_queued(key) {
                 return;
@@ -844,6 +855,15 @@ impl Worker {
             let written = match &mut conn.transport {
                 Transport::Plain if conn.outbox.is_empty() => return true,
                 Transport::Plain => self.io.send_outbox(key, &conn.stream, &mut conn.outbox, &mut conn.flags),
+                Transport::Tls(tls) if tls.joins_outbox(&conn.outbox) => {
+                    // A few records the session made by itself (the tickets after a handshake, a key
+                    // update) and the first frames (the 101 that follows them): one write, not two.
+                    if conn.outbox.write_to(&mut tls.session.sealer()).is_err() {
+                        self.close_now(key);
+                        return false;
+                    }
+                    continue;
+                }
                 Transport::Tls(tls) if tls.session.wants_write() => {
                     self.io.send_ciphertext(key, &conn.stream, &mut tls.session, &mut conn.flags)
                 }

@@ -188,7 +188,7 @@ impl TlsSession {
     }
 
     /// How many bytes of ciphertext wait to be sent.
-    pub fn pending_tls(&mut self) -> usize {
+    pub fn pending_tls(&self) -> usize {
         self.outgoing.len() - self.sent
     }
 
