@@ -140,7 +140,9 @@ fn the_per_ip_limit_applies_to_each_forwarded_client() {
     assert_eq!(status, 503, "a third connection for the same client");
     let (status, _) = upgrade_for(&server, &format!("{}, 10.1.2.3", CLIENTS[1]));
     assert_eq!(status, 503, "the same client through a second trusted proxy");
-    assert_eq!(server.metric("herald_connections_rejected_total{reason=\"max_connections_per_ip\"}"), 2);
+    // Two workers: a scrape sees the other worker's count as of its last loop turn, so wait for it.
+    let rejected = "herald_connections_rejected_total{reason=\"max_connections_per_ip\"}";
+    assert_eq!(server.wait_metric(rejected, 2, Duration::from_secs(5)), 2);
     let (status, _) = exchange(server.addr, &upgrade(&[]));
     assert_eq!(status, 101, "the proxy's own requests are not limited by its clients' connections");
 }
