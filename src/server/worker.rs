@@ -101,8 +101,9 @@ pub struct Worker {
     pub(super) io: Io,
     /// The TLS configuration new handshakes use (swapped by a certificate reload).
     pub(super) tls_config: Option<Arc<rustls::ServerConfig>>,
-    /// Where ciphertext is read before it is decrypted into a connection's read buffer (TLS only).
-    pub(super) tls_scratch: Vec<u8>,
+    /// Where a read lands first (`read_buffer` bytes, zeroed once): plain bytes are copied from it to the
+    /// connection's read buffer, ciphertext is decrypted from it.
+    pub(super) read_scratch: Vec<u8>,
     pub(super) conns: Slab<Conn>,
     pub(super) index: TopicIndex,
     pub(super) mesh: MeshEnd,
@@ -247,7 +248,7 @@ impl Worker {
         cfg: Arc<Config>,
         auth: AuthPolicy,
     ) -> Self {
-        let tls_scratch = if tls_config.is_some() { vec![0; cfg.limits.read_buffer.bytes()] } else { Vec::new() };
+        let read_scratch = vec![0; cfg.limits.read_buffer.bytes()];
         let t = &cfg.timeouts;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = ConnSettings {
@@ -265,7 +266,7 @@ impl Worker {
             id,
             io,
             tls_config,
-            tls_scratch,
+            read_scratch,
             conns: Slab::new(),
             index: TopicIndex::new(cfg.limits.max_topics_per_worker, cfg.limits.coalesce_limit.bytes()),
             mesh,
@@ -586,12 +587,12 @@ impl Worker {
                 break;
             }
             let read = match conn.transport.tls_mut() {
-                Some(tls) if !raw => match self.io.read(key, &conn.stream, &mut self.tls_scratch) {
-                    Ok(n) if !tls.started && TlsConn::is_plain_http(&self.tls_scratch[..n]) => {
+                Some(tls) if !raw => match self.io.read(key, &conn.stream, &mut self.read_scratch) {
+                    Ok(n) if !tls.started && TlsConn::is_plain_http(&self.read_scratch[..n]) => {
                         tls_failed = Some(super::secure::Failure::PlainHttp);
                         break;
                     }
-                    Ok(n) => match tls.feed(&self.tls_scratch[..n], &mut buf) {
+                    Ok(n) => match tls.feed(&self.read_scratch[..n], &mut buf) {
                         Ok(_) if tls.session.peer_closed() => Ok(0),
                         Ok(_) => Ok(n),
                         Err(e) => {
@@ -602,10 +603,13 @@ impl Worker {
                     Err(e) => Err(e),
                 },
                 _ => {
-                    let len = buf.len();
-                    buf.resize(len + read_size, 0);
-                    let read = self.io.read(key, &conn.stream, &mut buf[len..]);
-                    buf.truncate(len + *read.as_ref().unwrap_or(&0));
+                    // Into the scratch buffer, then only what arrived is copied: growing the read buffer by
+                    // `read_size` zeroed bytes before every read cost a 16 KiB memset per read (2.4% of the
+                    // worker in the echo row, whose reads bring about 2 KB).
+                    let read = self.io.read(key, &conn.stream, &mut self.read_scratch);
+                    if let Ok(n) = read {
+                        buf.extend_from_slice(&self.read_scratch[..n]);
+                    }
                     read
                 }
             };
