@@ -79,8 +79,8 @@ fn ten_thousand_connections_close_while_their_sends_are_in_flight() {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
         // A receive window this small cannot take the message: the server's send stays in flight.
         socket.set_recv_buffer_size(2048).expect("rcvbuf");
-        // Small segments keep the server's send buffer small: the kernel sizes it from the segment size (about
-        // 20 x 64 KiB on loopback), and 10,000 of those filled with the message took the machine's TCP memory
+        // Small segments keep the server's send buffer small: the kernel sizes it from the segment size (64 KiB
+        // segments on loopback), and 10,000 of those filled with the message took the machine's TCP memory
         // past its hard limit (`tcp_mem`), where every socket's sends stall, the test's scrapes included.
         socket.set_mss(1024).expect("mss");
         // Spread over 127.0.0.x so ephemeral ports last.

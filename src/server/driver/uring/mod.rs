@@ -378,6 +378,15 @@ impl UringIo {
         Err(io::ErrorKind::WouldBlock.into())
     }
 
+    /// A send record (a spare one when there is) for `key`'s current connection.
+    fn record_for(&mut self, key: ConnKey) -> SendRec {
+        let gen = self.slot(key).gen;
+        let mut rec = self.spare.pop().unwrap_or_default();
+        rec.key = key;
+        rec.gen = gen;
+        rec
+    }
+
     pub(super) fn send_outbox(
         &mut self,
         key: ConnKey,
@@ -385,10 +394,7 @@ impl UringIo {
         outbox: &mut Outbox,
         flags: &mut u16,
     ) -> io::Result<usize> {
-        let gen = self.slot(key).gen;
-        let mut rec = self.spare.pop().unwrap_or_default();
-        rec.key = key;
-        rec.gen = gen;
+        let mut rec = self.record_for(key);
         for b in outbox.queued() {
             rec.iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
             rec.bufs.push(b.clone());
@@ -423,10 +429,7 @@ impl UringIo {
         session: &mut TlsSession,
         flags: &mut u16,
     ) -> io::Result<usize> {
-        let gen = self.slot(key).gen;
-        let mut rec = self.spare.pop().unwrap_or_default();
-        rec.key = key;
-        rec.gen = gen;
+        let mut rec = self.record_for(key);
         session.drain_tls_into(&mut rec.tls);
         let index = self.sends.insert(rec);
         self.submit_tls(index, stream.as_raw_fd());
