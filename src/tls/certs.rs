@@ -184,7 +184,8 @@ pub fn ticketer() -> Result<Arc<dyn ProducesTickets>, CertError> {
 }
 
 /// The server configuration for a checked certificate: TLS 1.3 and 1.2, no client certificates, ALPN
-/// `http/1.1`, session tickets from `ticketer` (TLS 1.3 tickets and RFC 5077 tickets for TLS 1.2).
+/// `http/1.1`, session tickets from `ticketer` (TLS 1.3 tickets and RFC 5077 tickets for TLS 1.2), and TLS 1.3
+/// traffic keys handed over to herald's record layer once a handshake is done (`super::traffic`).
 pub fn server_config_with(
     certified: Arc<CertifiedKey>,
     ticketer: Arc<dyn ProducesTickets>,
@@ -196,6 +197,7 @@ pub fn server_config_with(
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     config.ticketer = ticketer;
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -8,6 +8,9 @@
 //!   `http/1.1`, session tickets), with errors that name the file.
 //! - [`session`]: [`TlsSession`], one connection: ciphertext in, plaintext out, a turn's frames sealed into
 //!   few records, ciphertext out for one `write` or a caller-owned buffer.
+//! - [`traffic`]: herald's own TLS 1.3 record layer, which takes over from rustls once a handshake is done
+//!   (rustls keeps the key schedule): a turn's frames are gathered straight into one record and sealed in
+//!   place.
 //! - [`record`]: reading TLS record headers (which alert was sent; record counts for tests and metrics).
 //!
 //! # How the worker uses it
@@ -55,11 +58,14 @@
 pub mod certs;
 pub mod record;
 pub mod session;
+pub mod traffic;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod testutil;
+#[cfg(test)]
+mod traffic_tests;
 
 pub use certs::{server_config, CertError};
 pub use session::{AlertSent, Sealer, TlsSession};

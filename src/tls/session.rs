@@ -44,6 +44,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
 use rustls::{AlertDescription, HandshakeKind, ProtocolVersion, ServerConfig};
 
+use super::traffic::{Opened, Traffic};
 use super::{record, TlsError};
 
 /// Largest plaintext in one record, and the most a record adds to it (header, content type, nonce, tag).
@@ -58,11 +59,12 @@ thread_local! {
 
 /// One server-side TLS connection, bytes in and bytes out.
 ///
-/// Built on rustls' unbuffered API, so every buffer is this struct's and none is kept while idle: an
-/// established connection with nothing in flight holds only rustls' state (about 3 KB, most of it the
-/// traffic keys), where the buffered `ServerConnection` keeps a 4 KiB read buffer for life.
+/// Built on rustls' unbuffered API, so every buffer is this struct's and none is kept while idle, where the
+/// buffered `ServerConnection` keeps a 4 KiB read buffer for life. Once a TLS 1.3 handshake is done rustls
+/// hands the traffic keys over and herald's own record layer ([`Traffic`]) seals and opens the records;
+/// TLS 1.2 stays with rustls throughout.
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    state: State,
     /// Ciphertext received and not yet processed (an unfinished record); no allocation when empty.
     incoming: Vec<u8>,
     /// Ciphertext to send, from `sent` on; no allocation once everything is sent.
@@ -75,18 +77,36 @@ pub struct TlsSession {
     close_sent: bool,
     failed: bool,
     peer_closed: bool,
+    /// The configuration lets rustls hand TLS 1.3 traffic keys over (`enable_secret_extraction`).
+    handover: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSession")
-            .field("handshaking", &self.conn.is_handshaking())
-            .field("protocol_version", &self.conn.protocol_version())
+            .field("handshaking", &self.is_handshaking())
+            .field("protocol_version", &self.protocol_version())
             .field("failed", &self.failed)
             .field("peer_closed", &self.peer_closed)
             .finish()
     }
 }
+
+/// Who runs the records: rustls (the handshake, and TLS 1.2 for good) or herald's TLS 1.3 record layer.
+/// Both boxed, so the session is small and the handshake's state is freed once it is over.
+enum State {
+    Rustls(Box<UnbufferedServerConnection>),
+    Traffic {
+        traffic: Box<Traffic>,
+        kind: Option<HandshakeKind>,
+        http11: bool,
+    },
+    /// rustls could not hand over (it cannot happen with herald's configuration); the session failed.
+    Gone,
+}
+
+/// The only ALPN protocol herald offers (`certs::server_config_with`).
+const HTTP11: &[u8] = b"http/1.1";
 
 /// What one step of the state machine asks for next.
 enum Step {
@@ -99,9 +119,11 @@ enum Step {
 impl TlsSession {
     /// A new server-side session awaiting the client hello.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        let handover = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?;
         Ok(Self {
-            conn,
+            handover,
+            state: State::Rustls(Box::new(conn)),
             incoming: Vec::new(),
             outgoing: Vec::new(),
             sent: 0,
@@ -124,6 +146,12 @@ impl TlsSession {
             return Err(TlsError::Failed);
         }
         let start = plaintext.len();
+        if matches!(self.state, State::Traffic { .. }) {
+            if !self.peer_closed {
+                self.open(ciphertext, plaintext)?;
+            }
+            return Ok(plaintext.len() - start);
+        }
         if !self.peer_closed {
             self.incoming.extend_from_slice(ciphertext);
         }
@@ -154,6 +182,13 @@ impl TlsSession {
         if total == 0 {
             return Ok(0);
         }
+        if let State::Traffic { traffic, .. } = &mut self.state {
+            let sealed = traffic.seal(&mut self.outgoing, slices);
+            return match sealed {
+                Ok(()) => Ok(total),
+                Err(error) => Err(self.fail(error)),
+            };
+        }
         JOIN.with(|join| {
             let mut join = join.borrow_mut();
             join.clear();
@@ -179,6 +214,13 @@ impl TlsSession {
             return;
         }
         self.close_pending = true;
+        if let State::Traffic { traffic, .. } = &mut self.state {
+            self.close_sent = true;
+            if let Err(error) = traffic.close_notify(&mut self.outgoing) {
+                let _ = self.fail(error);
+            }
+            return;
+        }
         let _ = self.drive(&mut BytesMut::new(), None);
     }
 
@@ -221,7 +263,10 @@ impl TlsSession {
 
     /// Whether the handshake is still under way (true from creation until the handshake completes).
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        match &self.state {
+            State::Rustls(conn) => conn.is_handshaking(),
+            State::Traffic { .. } | State::Gone => false,
+        }
     }
 
     /// Whether the peer's `close_notify` has arrived.
@@ -236,17 +281,38 @@ impl TlsSession {
 
     /// The negotiated protocol version, once known.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.conn.protocol_version()
+        match &self.state {
+            State::Rustls(conn) => conn.protocol_version(),
+            State::Traffic { .. } => Some(ProtocolVersion::TLSv1_3),
+            State::Gone => None,
+        }
     }
 
     /// Full or resumed handshake, once the handshake is complete.
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
-        self.conn.handshake_kind()
+        match &self.state {
+            State::Rustls(conn) => conn.handshake_kind(),
+            State::Traffic { kind, .. } => *kind,
+            State::Gone => None,
+        }
     }
 
     /// The ALPN protocol agreed, if the client offered one.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        match &self.state {
+            State::Rustls(conn) => conn.alpn_protocol(),
+            State::Traffic { http11, .. } => http11.then_some(HTTP11),
+            State::Gone => None,
+        }
+    }
+
+    /// Herald's TLS 1.3 record layer, once the handshake handed over to it (tests set its limits).
+    #[cfg(test)]
+    pub(crate) fn traffic_mut(&mut self) -> Option<&mut Traffic> {
+        match &mut self.state {
+            State::Traffic { traffic, .. } => Some(traffic),
+            _ => None,
+        }
     }
 
     /// Memory held for input: an unfinished record (what a slow or stalled client makes the server keep).
@@ -258,12 +324,14 @@ impl TlsSession {
     /// `plaintext`, records to send go to `outgoing`, and once application data may be sent, what waits
     /// (`early`, then `app`, then a pending `close_notify`) is encrypted.
     fn drive(&mut self, plaintext: &mut BytesMut, app: Option<&[u8]>) -> Result<(), TlsError> {
+        let State::Rustls(conn) = &mut self.state else { return Err(TlsError::Failed) };
         let mut app = app;
+        let mut established = false;
         // Processed input is dropped once at the end (draining after each record would move the rest of a
         // large read again for every small record in it).
         let mut consumed = 0;
         let result = loop {
-            let status = self.conn.process_tls_records(&mut self.incoming[consumed..]);
+            let status = conn.process_tls_records(&mut self.incoming[consumed..]);
             let discard = status.discard;
             let step = match status.state {
                 Err(error) => Err(error),
@@ -301,6 +369,7 @@ impl TlsSession {
                         self.close_sent = true;
                         result = encrypt(&mut self.outgoing, &[], |_, b| traffic.queue_close_notify(b));
                     }
+                    established = true;
                     result.map(|()| Step::Idle)
                 }
                 Ok(ConnectionState::PeerClosed) => {
@@ -331,7 +400,82 @@ impl TlsSession {
             // Still handshaking: kept until application data may be sent.
             self.early.extend_from_slice(data);
         }
+        if established && self.handover {
+            self.hand_over()?;
+        }
         Ok(())
+    }
+
+    /// Once a TLS 1.3 handshake is done and rustls has nothing of its own left to send, takes the traffic
+    /// keys from rustls and runs the records with [`Traffic`] from here on.
+    fn hand_over(&mut self) -> Result<(), TlsError> {
+        let State::Rustls(conn) = &self.state else { return Ok(()) };
+        if conn.is_handshaking() || conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+            return Ok(());
+        }
+        let kind = conn.handshake_kind();
+        let http11 = conn.alpn_protocol() == Some(HTTP11);
+        let State::Rustls(conn) = std::mem::replace(&mut self.state, State::Gone) else { return Ok(()) };
+        let traffic =
+            conn.dangerous_into_kernel_connection().and_then(|(secrets, kernel)| Traffic::new(secrets, kernel));
+        match traffic {
+            Ok(traffic) => {
+                self.state = State::Traffic { traffic: Box::new(traffic), kind, http11 };
+                Ok(())
+            }
+            Err(error) => {
+                self.failed = true;
+                self.incoming = Vec::new();
+                Err(TlsError::Protocol { error, alert: AlertSent::None })
+            }
+        }
+    }
+
+    /// [`feed`](Self::feed) for herald's record layer: records are opened straight from `ciphertext` when
+    /// nothing is left over from the last read, and only a partial record at the end is kept.
+    fn open(&mut self, ciphertext: &[u8], plaintext: &mut BytesMut) -> Result<(), TlsError> {
+        let State::Traffic { traffic, .. } = &mut self.state else { return Err(TlsError::Failed) };
+        let result = if self.incoming.is_empty() {
+            let (used, result) = traffic.open(ciphertext, plaintext, &mut self.outgoing);
+            if matches!(result, Ok(Opened::More)) {
+                self.incoming.extend_from_slice(&ciphertext[used..]);
+            }
+            result
+        } else {
+            self.incoming.extend_from_slice(ciphertext);
+            let (used, result) = traffic.open(&self.incoming, plaintext, &mut self.outgoing);
+            self.incoming.drain(..used);
+            result
+        };
+        match result {
+            Ok(Opened::More) => {}
+            Ok(Opened::PeerClosed) => {
+                self.peer_closed = true;
+                self.incoming = Vec::new();
+            }
+            Err(failure) => return Err(self.fail_traffic(failure.error, failure.alert)),
+        }
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Marks a session on herald's record layer failed and queues the alert owed (encrypted, as every TLS
+    /// 1.3 alert after the handshake).
+    fn fail_traffic(&mut self, error: rustls::Error, alert: Option<AlertDescription>) -> TlsError {
+        if self.failed {
+            return TlsError::Failed;
+        }
+        self.failed = true;
+        self.incoming = Vec::new();
+        let mut sent = AlertSent::None;
+        if let (Some(description), State::Traffic { traffic, .. }) = (alert, &mut self.state) {
+            if traffic.alert(&mut self.outgoing, description).is_ok() {
+                sent = AlertSent::Encrypted;
+            }
+        }
+        TlsError::Protocol { error, alert: sent }
     }
 
     /// Marks the session failed, queues the alert rustls prepared behind any unsent output, and builds the
@@ -340,11 +484,14 @@ impl TlsSession {
         if self.failed {
             return TlsError::Failed;
         }
+        let State::Rustls(conn) = &mut self.state else {
+            return self.fail_traffic(error, Some(AlertDescription::InternalError));
+        };
         self.failed = true;
         let before = self.outgoing.len();
         // After a fatal error rustls hands out only what it queued (the alert), then the error again.
         for _ in 0..8 {
-            let status = self.conn.process_tls_records(&mut []);
+            let status = conn.process_tls_records(&mut []);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     if encode(&mut self.outgoing, |buf| data.encode(buf)).is_err() {

@@ -11,10 +11,10 @@ use super::record::{self, CONTENT_APPLICATION_DATA};
 use super::testutil::{client_config, pki, KeyKind, Pki};
 use super::{AlertSent, TlsError, TlsSession};
 
-const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+pub(super) const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(super) const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
 
-fn server_config_for(pki: &Pki) -> Arc<ServerConfig> {
+pub(super) fn server_config_for(pki: &Pki) -> Arc<ServerConfig> {
     let path = std::path::Path::new("test.pem");
     let chain = parse_cert_chain(path, pki.chain_pem.as_bytes()).expect("chain");
     let key = parse_private_key(path, pki.key_pem.as_bytes()).expect("key");
@@ -24,7 +24,7 @@ fn server_config_for(pki: &Pki) -> Arc<ServerConfig> {
 }
 
 /// Everything the client has queued, as the bytes the server's socket would read.
-fn client_output(client: &mut ClientConnection) -> Vec<u8> {
+pub(super) fn client_output(client: &mut ClientConnection) -> Vec<u8> {
     let mut out = Vec::new();
     while client.wants_write() {
         client.write_tls(&mut out).expect("write into a Vec");
@@ -33,7 +33,7 @@ fn client_output(client: &mut ClientConnection) -> Vec<u8> {
 }
 
 /// Moves the client's output into the server; returns the plaintext the server got.
-fn client_to_server(client: &mut ClientConnection, server: &mut TlsSession) -> Result<BytesMut, TlsError> {
+pub(super) fn client_to_server(client: &mut ClientConnection, server: &mut TlsSession) -> Result<BytesMut, TlsError> {
     let bytes = client_output(client);
     let mut plain = BytesMut::new();
     server.feed(&bytes, &mut plain)?;
@@ -41,13 +41,16 @@ fn client_to_server(client: &mut ClientConnection, server: &mut TlsSession) -> R
 }
 
 /// Moves the server's output into the client; returns the plaintext the client got.
-fn server_to_client(server: &mut TlsSession, client: &mut ClientConnection) -> Result<Vec<u8>, rustls::Error> {
+pub(super) fn server_to_client(
+    server: &mut TlsSession,
+    client: &mut ClientConnection,
+) -> Result<Vec<u8>, rustls::Error> {
     let mut bytes = Vec::new();
     server.drain_tls_into(&mut bytes);
     feed_client(client, &bytes)
 }
 
-fn feed_client(client: &mut ClientConnection, mut bytes: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+pub(super) fn feed_client(client: &mut ClientConnection, mut bytes: &[u8]) -> Result<Vec<u8>, rustls::Error> {
     let mut plain = Vec::new();
     while !bytes.is_empty() {
         if client.read_tls(&mut bytes).expect("client read_tls") == 0 {
@@ -60,7 +63,7 @@ fn feed_client(client: &mut ClientConnection, mut bytes: &[u8]) -> Result<Vec<u8
 }
 
 /// Pumps both ways until neither side is handshaking, then once more so the server's tickets reach the client.
-fn handshake(client: &mut ClientConnection, server: &mut TlsSession) {
+pub(super) fn handshake(client: &mut ClientConnection, server: &mut TlsSession) {
     for _ in 0..10 {
         client_to_server(client, server).expect("server accepts the client's handshake");
         server_to_client(server, client).expect("client accepts the server's handshake");
@@ -73,7 +76,7 @@ fn handshake(client: &mut ClientConnection, server: &mut TlsSession) {
     panic!("handshake did not complete in 10 round trips");
 }
 
-fn connect(
+pub(super) fn connect(
     pki: &Pki,
     config: &Arc<ServerConfig>,
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -81,7 +84,7 @@ fn connect(
     connect_with(client_config(pki, versions), config)
 }
 
-fn connect_with(
+pub(super) fn connect_with(
     client_config: Arc<rustls::ClientConfig>,
     config: &Arc<ServerConfig>,
 ) -> (ClientConnection, TlsSession) {
@@ -92,7 +95,7 @@ fn connect_with(
     (client, server)
 }
 
-fn p256() -> (Pki, Arc<ServerConfig>) {
+pub(super) fn p256() -> (Pki, Arc<ServerConfig>) {
     let pki = pki(KeyKind::EcdsaP256).expect("P-256 needs no openssl");
     let config = server_config_for(&pki);
     (pki, config)
@@ -176,7 +179,7 @@ fn plaintext_sealed_during_the_handshake_is_sent_once_it_completes() {
     assert_eq!(got, b"early");
 }
 
-fn app_records(ciphertext: &[u8]) -> usize {
+pub(super) fn app_records(ciphertext: &[u8]) -> usize {
     record::records(ciphertext).filter(|r| r.content_type == CONTENT_APPLICATION_DATA).count()
 }
 
