@@ -55,6 +55,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_accepted_connection_inherits_tcp_nodelay_from_the_listener() {
+        // The workers rely on this instead of a setsockopt per accepted connection.
+        let (listeners, bound) = bind_all("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
+        let listener = &listeners[0];
+        listener.set_nonblocking(false).expect("blocking accept");
+        let _client = std::net::TcpStream::connect(bound).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"), "Nagle is off on the accepted socket");
+    }
+
+    #[test]
     fn port_zero_gives_every_worker_the_same_real_port() {
         let (listeners, bound) = bind_all("127.0.0.1:0".parse().expect("addr"), 3).expect("bind");
         assert_ne!(bound.port(), 0);

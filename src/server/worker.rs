@@ -437,7 +437,7 @@ impl Worker {
                 return None;
             }
         };
-        let _ = stream.set_nodelay(true);
+        // No TCP_NODELAY here: an accepted socket inherits it from the listener (`listener::bind_one`).
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.io.admitted(key, &stream) {

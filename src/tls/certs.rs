@@ -99,9 +99,13 @@ pub enum CertError {
 }
 
 /// The crypto provider herald uses everywhere: rustls' `ring` backend with its default suites
-/// (TLS 1.3: AES-128/256-GCM, ChaCha20-Poly1305; TLS 1.2: ECDHE with the same AEADs).
+/// (TLS 1.3: AES-128/256-GCM, ChaCha20-Poly1305; TLS 1.2: ECDHE with the same AEADs), drawing rustls' random
+/// bytes from a per-thread pool ([`super::random`]) instead of a system call each.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(CryptoProvider {
+        secure_random: &super::random::POOLED_RANDOM,
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// Reads `path` whole, telling a missing file from an unreadable one.

@@ -56,6 +56,7 @@
 //! accepts, existing sessions keep theirs. A failed reload keeps the old certificate and is counted.
 
 pub mod certs;
+pub mod random;
 pub mod record;
 pub mod session;
 pub mod traffic;

@@ -15,9 +15,10 @@
 //!    During the handshake `feed` yields no plaintext but queues handshake records to send.
 //! 2. **Plaintext in.** What the core queued for this connection during the turn (outbox frames, an HTTP
 //!    response, a close frame) is sealed in one call, [`TlsSession::seal`] (or [`TlsSession::seal_slices`]
-//!    for an outbox whose first frame is partly written). The frames are joined in a per-thread buffer and
-//!    encrypted in one call, into as few records as fit, 16 KiB of plaintext each, instead of one record
-//!    per frame. Seal only when
+//!    for an outbox whose first frame is partly written), into as few records as fit, 16 KiB of plaintext
+//!    each, instead of one record per frame. On TLS 1.3 herald's record layer ([`Traffic`]) gathers the
+//!    frames straight behind each record header and seals them in place; during the handshake and on TLS
+//!    1.2 they are joined in a per-thread buffer for rustls, which encrypts one slice at a time. Seal only when
 //!    [`TlsSession::pending_tls`] is (nearly) zero: a peer that does not read then leaves plaintext in the
 //!    outbox, where the slow-consumer limits already apply, rather than ciphertext piling up here.
 //! 3. **Ciphertext out.** While [`TlsSession::wants_write`], hand the records to the socket:
