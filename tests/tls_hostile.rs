@@ -84,6 +84,29 @@ fn an_oversized_record_gets_a_fatal_alert() {
 }
 
 #[test]
+fn a_client_hello_with_more_handshake_messages_in_its_record_gets_an_alert_and_the_server_lives_on() {
+    // This record once made rustls panic inside herald's error path; the release build aborts on a panic,
+    // so one 400-byte record stopped the server for everyone.
+    let srv = TlsServer::start(&[]);
+    let mut record = client_hello(&srv);
+    for _ in 0..2 {
+        record.extend_from_slice(&[20, 0, 0, 32]);
+        record.extend_from_slice(&[0; 32]);
+    }
+    let len = u16::try_from(record.len() - 5).expect("one record");
+    record[3..5].copy_from_slice(&len.to_be_bytes());
+    let mut s = raw(srv.tls);
+    s.write_all(&record).expect("write");
+    let got = read_to_close(&mut s);
+    assert!(alert_description(&got).is_some(), "a TLS alert comes back: {got:?}");
+    // And the server still serves: a wss client completes its handshake and upgrade, and gets a broadcast.
+    let mut sub = srv.wss("/sub/alive");
+    let (status, _, _) = srv.https("POST", "/publish/alive", &[("Content-Type", "text/plain")], b"still here");
+    assert!((200..300).contains(&status), "POST /publish: {status}");
+    assert_eq!(next_data(&mut sub), Message::Text("still here".into()));
+}
+
+#[test]
 fn a_truncated_client_hello_is_closed_at_the_handshake_timeout() {
     let srv = TlsServer::start(&["--handshake-timeout", "1s"]);
     let hello = client_hello(&srv);

@@ -400,6 +400,29 @@ fn a_tampered_record_fails_the_session_with_an_encrypted_alert() {
     assert!(server.wants_write());
 }
 
+#[test]
+fn a_client_hello_sharing_its_record_with_more_handshake_messages_is_refused_without_a_panic() {
+    // rustls keeps the unprocessed messages of a record it has started on; asking it for its alert with an
+    // empty buffer made it index past that buffer and panic (the release build aborts on panic, so one
+    // 400-byte record took the whole server down).
+    let (pki, config) = p256();
+    let name = "localhost".try_into().expect("name");
+    let mut client = ClientConnection::new(client_config(&pki, TLS13), name).expect("client");
+    let mut record = client_output(&mut client);
+    for _ in 0..2 {
+        record.extend_from_slice(&[20, 0, 0, 32]);
+        record.extend_from_slice(&[0; 32]);
+    }
+    let len = u16::try_from(record.len() - record::HEADER_LEN).expect("one record");
+    record[3..5].copy_from_slice(&len.to_be_bytes());
+    let mut server = TlsSession::new(config).expect("session");
+    let error =
+        server.feed(&record, &mut BytesMut::new()).expect_err("a Finished before the server's hello is refused");
+    assert!(matches!(error, TlsError::Protocol { alert: AlertSent::Plain(_), .. }), "{error:?}");
+    assert!(server.wants_write(), "the alert waits to be sent");
+    assert!(matches!(server.feed(b"more", &mut BytesMut::new()), Err(TlsError::Failed)));
+}
+
 proptest! {
     #[test]
     fn feed_never_panics_on_arbitrary_bytes(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..8), handshake_prefix in any::<bool>()) {
@@ -420,6 +443,25 @@ proptest! {
                 prop_assert!(matches!(server.feed(chunk, &mut plain), Err(TlsError::Failed)));
                 break;
             }
+        }
+    }
+}
+
+proptest! {
+    /// The same, with the arbitrary bytes inside the client hello's own record, behind the hello: the
+    /// messages rustls has yet to process when the hello's handling fails.
+    #[test]
+    fn arbitrary_bytes_behind_a_client_hello_in_its_record_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let (pki, config) = p256_shared();
+        let name = "localhost".try_into().expect("name");
+        let mut client = ClientConnection::new(client_config(&pki, TLS13), name).expect("client");
+        let mut record = client_output(&mut client);
+        record.extend_from_slice(&tail);
+        let len = u16::try_from(record.len() - record::HEADER_LEN).expect("one record");
+        record[3..5].copy_from_slice(&len.to_be_bytes());
+        let mut server = TlsSession::new(config).expect("session");
+        if server.feed(&record, &mut BytesMut::new()).is_err() {
+            prop_assert!(matches!(server.feed(b"x", &mut BytesMut::new()), Err(TlsError::Failed)));
         }
     }
 }
