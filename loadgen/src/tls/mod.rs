@@ -24,20 +24,20 @@ use std::sync::{Arc, Mutex};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption,
-    Tls13ClientSessionValue,
+    Tls13ClientSessionValue, UnbufferedClientConnection,
 };
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, ProtocolVersion, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, NamedGroup, ProtocolVersion, SignatureScheme};
 use serde::Serialize;
 
 use crate::stats::Failure;
 
+mod session;
 mod stream;
 
+pub use session::Session;
 pub use stream::Stream;
 
 /// TLS 1.3 tickets the shared store keeps with `--tls-resume` (the oldest go first beyond it).
@@ -189,13 +189,15 @@ impl ClientTls {
     }
 
     /// A new client session for one connection.
-    pub fn session(&self) -> io::Result<ClientConnection> {
-        ClientConnection::new(self.config.clone(), self.server_name.clone()).map_err(io::Error::other)
+    pub fn session(&self) -> io::Result<Session> {
+        UnbufferedClientConnection::new(self.config.clone(), self.server_name.clone())
+            .map(Session::new)
+            .map_err(io::Error::other)
     }
 
     /// Counts the handshake `stream` completed.
     pub fn count(&self, stream: &Stream) {
-        let Some(tls) = &stream.tls else { return };
+        let Some(tls) = stream.session() else { return };
         let c = &self.counts;
         match tls.handshake_kind() {
             Some(HandshakeKind::Resumed) => c.resumed.fetch_add(1, Ordering::Relaxed),

@@ -1,14 +1,24 @@
-//! [`Stream`]: one connection's byte stream, the socket and for `wss://` the TLS session on it, read and
+//! [`Stream`]: one connection's byte stream, the socket and for `wss://` the TLS [`Session`] on it, read and
 //! written as plaintext either way (non-blocking, `WouldBlock` as from a socket).
+//!
+//! For TLS, ciphertext is received into a buffer each worker thread owns (the scratch, sized to the
+//! caller's read), decrypted there in place and the plaintext copied into the caller's buffer; see
+//! [`Session`] for what a connection keeps between reads (nothing, when idle with no partial record).
+//! Sealed bytes are written out at once, as far as the socket takes them.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 
 use mio::net::TcpStream;
-use rustls::ClientConnection;
 
-use super::TlsFailure;
+use super::session::Session;
 use crate::sys;
+
+thread_local! {
+    /// Where ciphertext is received and decrypted, one per worker thread, reused by all its connections.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One connection's byte stream: the socket, and for `wss://` the TLS session on it. Reads and writes
 /// plaintext either way; non-blocking, `WouldBlock` as from a socket.
@@ -16,18 +26,23 @@ use crate::sys;
 pub struct Stream {
     /// The socket (registered with the worker's poll; connect state and descriptor come from it).
     pub sock: TcpStream,
-    pub(super) tls: Option<Box<ClientConnection>>,
+    tls: Option<Box<Session>>,
 }
 
 impl Stream {
     /// A plain stream, or a TLS one with `session`.
-    pub fn new(sock: TcpStream, session: Option<ClientConnection>) -> Stream {
+    pub fn new(sock: TcpStream, session: Option<Session>) -> Stream {
         Stream { sock, tls: session.map(Box::new) }
     }
 
     /// Whether this is a TLS stream.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The TLS session, for `wss://`.
+    pub fn session(&self) -> Option<&Session> {
+        self.tls.as_deref()
     }
 
     /// Whether sealed bytes wait for the socket.
@@ -48,28 +63,31 @@ impl Stream {
                 sock.read(buf).map(|n| (n, None))
             };
         };
-        let mut stamp = None;
         // Handshake messages left over from an earlier turn go first.
         flush_tls(tls, sock)?;
-        loop {
-            match tls.reader().read(buf) {
-                Ok(n) => return Ok((n, stamp)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((0, stamp)),
-                Err(e) => return Err(e),
+        let mut stamp = None;
+        let mut recv = |into: &mut [u8]| -> io::Result<usize> {
+            if !stamped {
+                return sock.read(into);
             }
-            let mut source = Source { sock, stamped, stamp: &mut stamp };
-            match tls.read_tls(&mut source) {
-                Ok(0) => return Ok((0, stamp)),
-                Ok(_) => {}
-                Err(e) => return Err(e),
+            let (n, newest) = sys::recv_timestamped(sock.as_raw_fd(), into)?;
+            if newest.is_some() {
+                stamp = newest;
             }
-            if let Err(e) = tls.process_new_packets() {
-                // Best effort: the alert rustls queued for the server.
-                let _ = tls.write_tls(sock);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)));
+            Ok(n)
+        };
+        let read = SCRATCH.with(|scratch| tls.read(buf, &mut scratch.borrow_mut(), &mut recv));
+        match read {
+            Ok(n) => {
+                // Our Finished, a key update: out at once.
+                flush_tls(tls, sock)?;
+                Ok((n, stamp))
             }
-            flush_tls(tls, sock)?;
+            Err(e) => {
+                // Best effort: the alert queued for the server.
+                let _ = flush_tls(tls, sock);
+                Err(e)
+            }
         }
     }
 
@@ -83,9 +101,9 @@ impl Stream {
 }
 
 /// Writes sealed bytes until none are left (`Ok(true)`) or the socket is full (`Ok(false)`).
-fn flush_tls(tls: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<bool> {
+fn flush_tls(tls: &mut Session, sock: &mut TcpStream) -> io::Result<bool> {
     while tls.wants_write() {
-        match tls.write_tls(sock) {
+        match tls.write_tls_to(sock) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -105,19 +123,23 @@ impl Read for Stream {
 impl Write for Stream {
     /// Plain: one socket write. TLS: while sealed bytes still wait for the socket, no more plaintext is taken
     /// (`WouldBlock`, so that backpressure works as on a plain socket); otherwise all of `buf` is sealed and
-    /// written out as far as the socket takes it.
+    /// written out as far as the socket takes it (during the handshake it is kept, up to a limit, and sent
+    /// behind the client's Finished).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let Stream { sock, tls } = self;
         let Some(tls) = tls else { return sock.write(buf) };
         if !flush_tls(tls, sock)? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = tls.writer().write(buf)?;
+        let sealed = tls.seal(buf);
+        // The client hello, the records, or the alert for a failure.
+        let flushed = flush_tls(tls, sock);
+        let n = sealed?;
+        flushed?;
         if n == 0 && !buf.is_empty() {
-            // rustls' buffer limit (plaintext held during the handshake): wait for the handshake to move on.
+            // The limit on plaintext held during the handshake: wait for the handshake to move on.
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        flush_tls(tls, sock)?;
         Ok(n)
     }
 
@@ -126,25 +148,5 @@ impl Write for Stream {
             true => Ok(()),
             false => Err(io::ErrorKind::WouldBlock.into()),
         }
-    }
-}
-
-/// The socket as rustls' ciphertext source, keeping the newest kernel receive timestamp.
-struct Source<'a> {
-    sock: &'a mut TcpStream,
-    stamped: bool,
-    stamp: &'a mut Option<u64>,
-}
-
-impl Read for Source<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.stamped {
-            return self.sock.read(buf);
-        }
-        let (n, stamp) = sys::recv_timestamped(self.sock.as_raw_fd(), buf)?;
-        if stamp.is_some() {
-            *self.stamp = stamp;
-        }
-        Ok(n)
     }
 }

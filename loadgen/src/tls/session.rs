@@ -1,0 +1,464 @@
+//! [`Session`]: one client-side TLS connection over rustls' unbuffered `UnbufferedClientConnection`, as
+//! bytes in and bytes out. It owns no socket: [`Session::read`] pulls ciphertext from a source the caller
+//! passes in (a socket `recv` in [`super::Stream`], a list of chunks in the tests), and sealed bytes wait in
+//! the session until the caller writes them out ([`Session::write_tls_to`]).
+//!
+//! # The receive path, and what it copies
+//!
+//! [`Session::read`] lays the unfinished record kept from the last call at the front of a buffer the caller
+//! lends (one per worker thread, so no connection holds it), asks the source to fill the rest, and runs
+//! rustls over it: every complete record is decrypted in place in that buffer, and its plaintext copied into
+//! the caller's buffer. Only two things are kept in the session between calls: the unfinished record at the
+//! end of a read (copied out of the lent buffer), and the part of a record's plaintext that did not fit
+//! into the caller's buffer. Both are freed as soon as they are used up, so an idle connection with no
+//! partial record holds no receive buffer at all (what rustls' buffered `ClientConnection` cannot do: it
+//! keeps its own 4 KiB deframer buffer, reads at most 4 KiB per call, and moves what is left to the front
+//! after every call).
+//!
+//! rustls 0.23 still copies each decrypted record into a `Vec` of its own before `ReadTraffic` hands it out
+//! (in-place `ReadTraffic` is a TODO in rustls), so a record's plaintext is copied twice: by rustls into
+//! that `Vec`, and by this session into the caller's buffer. No other copy is made.
+//!
+//! # Invariants
+//!
+//! - rustls reassembles handshake messages in place, so the bytes it has not discarded must be offered
+//!   again, at the front and in order, to the next `process_tls_records` call: `incoming` is exactly those
+//!   bytes, whichever path (read or seal) calls rustls next.
+//! - Plaintext leaves in order: the spill (the rest of a record) goes out before any later record.
+//! - A TLS error is fatal and sticky, as in rustls: the alert rustls queued is moved to the outgoing bytes
+//!   (flush them before closing the socket), and every later call returns the same error.
+
+use std::io::{self, Write};
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::{HandshakeKind, ProtocolVersion};
+
+use super::TlsFailure;
+
+#[cfg(test)]
+mod tests;
+
+/// The most one TLS record takes on the wire (header, 16 KiB of plaintext, the largest expansion allowed).
+pub const MAX_RECORD: usize = 5 + 16 * 1024 + 256;
+
+/// Largest plaintext in one record, and the most sealing adds to it (header, content type, tag).
+const MAX_FRAGMENT: usize = 16 * 1024;
+const RECORD_OVERHEAD: usize = 64;
+
+/// Most plaintext accepted before the handshake completes (then writes would block), as rustls' buffered
+/// connection's default limit.
+const EARLY_MAX: usize = 64 * 1024;
+
+/// One client-side TLS connection, bytes in and bytes out.
+pub struct Session {
+    conn: UnbufferedClientConnection,
+    /// Ciphertext received and not discarded by rustls (an unfinished record); unallocated when empty.
+    incoming: Vec<u8>,
+    /// Plaintext of a record that did not fit into the caller's buffer, from `spill_pos` on.
+    spill: Vec<u8>,
+    spill_pos: usize,
+    /// Sealed bytes (handshake records, application data, alerts) to send, from `sent` on.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// Plaintext written before application data could be sent; sealed as soon as it can be.
+    early: Vec<u8>,
+    /// The source ended or failed after some plaintext had been returned: reported by the next read.
+    end: Option<io::Result<()>>,
+    /// The server's `close_notify` arrived: no more plaintext will come.
+    peer_closed: bool,
+    /// The fatal error that ended the session.
+    failed: Option<rustls::Error>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("protocol_version", &self.conn.protocol_version())
+            .field("incoming", &self.incoming.len())
+            .field("pending_tls", &(self.outgoing.len() - self.sent))
+            .field("peer_closed", &self.peer_closed)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// Where one pass of rustls over the input stopped.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Input bytes rustls is done with (to drop from the front).
+    consumed: usize,
+    /// Plaintext bytes written to the caller's buffer.
+    written: usize,
+    /// The application data passed in was sealed (otherwise the handshake is not done yet).
+    sealed: bool,
+}
+
+impl Session {
+    /// A session that will send its client hello on the first [`read`](Self::read) or
+    /// [`seal`](Self::seal).
+    pub fn new(conn: UnbufferedClientConnection) -> Session {
+        Session {
+            conn,
+            incoming: Vec::new(),
+            spill: Vec::new(),
+            spill_pos: 0,
+            outgoing: Vec::new(),
+            sent: 0,
+            early: Vec::new(),
+            end: None,
+            peer_closed: false,
+            failed: None,
+        }
+    }
+
+    /// Reads plaintext into `out`, pulling ciphertext from `source` (which fills the slice it is given and
+    /// returns how much it wrote, `Ok(0)` at the end of the stream, `WouldBlock` when it has nothing now)
+    /// into `scratch`, a buffer the caller lends (grown here as needed, its contents not kept).
+    ///
+    /// Returns what a socket read would: `Ok(n)` with `n > 0` bytes of plaintext, `Ok(0)` at the end of the
+    /// stream (the server's `close_notify`, or the source's end), `WouldBlock` when the source has nothing,
+    /// the source's own errors, and TLS errors as `InvalidData` carrying a [`TlsFailure`] (the alert for
+    /// the server is then queued: flush it).
+    ///
+    /// A read shorter than `out` means the source was drained, unless [`read_pending`](Self::read_pending)
+    /// says the end of the stream (or an error) waits to be reported: as for a plain socket, the caller of
+    /// an edge-triggered loop may stop reading there.
+    pub fn read(
+        &mut self,
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+        source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if let Some(error) = &self.failed {
+            return Err(tls_error(error.clone()));
+        }
+        let mut n = self.take_spill(out);
+        loop {
+            if n == out.len() {
+                return Ok(n);
+            }
+            if let Some(end) = self.end.take() {
+                if n > 0 {
+                    self.end = Some(end);
+                    return Ok(n);
+                }
+                return end.map(|()| 0);
+            }
+            if self.peer_closed {
+                return Ok(n);
+            }
+            // The kept unfinished record first, then as much as the caller has room for (plaintext is
+            // shorter than its records, so all of it fits), but at least a whole record.
+            let held = self.incoming.len();
+            let want = (out.len() - n).max(MAX_RECORD);
+            if scratch.len() < held + want {
+                scratch.resize(held + want, 0);
+            }
+            scratch[..held].copy_from_slice(&self.incoming);
+            let (got, drained) = loop {
+                match source(&mut scratch[held..held + want]) {
+                    Ok(0) => {
+                        self.end = Some(Ok(()));
+                        break (0, true);
+                    }
+                    Ok(got) => break (got, got < want),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break (0, true),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.end = Some(Err(e));
+                        break (0, true);
+                    }
+                }
+            };
+            let filled = held + got;
+            let mut progress = Progress::default();
+            if let Err(error) = self.process(&mut scratch[..filled], &mut out[n..], None, &mut progress) {
+                return Err(self.fail(error, &mut scratch[progress.consumed..filled]));
+            }
+            n += progress.written;
+            self.incoming.clear();
+            if progress.consumed < filled && !self.peer_closed {
+                self.incoming.extend_from_slice(&scratch[progress.consumed..filled]);
+            } else {
+                // No partial record (or nothing more will be read): give the buffer back.
+                self.incoming = Vec::new();
+            }
+            if drained && n > 0 {
+                return Ok(n);
+            }
+            if drained && self.end.is_none() && !self.peer_closed {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+    }
+
+    /// Whether a [`read`](Self::read) would return something without new input: plaintext kept from a
+    /// record larger than the last read's room, the end of the stream or a source error not yet reported.
+    #[cfg(test)]
+    pub fn read_pending(&self) -> bool {
+        self.spill_pos < self.spill.len() || self.end.is_some() || self.peer_closed
+    }
+
+    /// Seals `data` into records, to be sent with [`write_tls_to`](Self::write_tls_to). Before the
+    /// handshake completes the plaintext is kept and sealed as soon as it can be (behind the client's
+    /// Finished), up to [`EARLY_MAX`] bytes. Returns how much of `data` was taken: all of it, or less (`0`
+    /// when full) while the handshake is still under way.
+    pub fn seal(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(error) = &self.failed {
+            return Err(tls_error(error.clone()));
+        }
+        let data = if self.conn.is_handshaking() {
+            &data[..data.len().min(EARLY_MAX.saturating_sub(self.early.len()))]
+        } else {
+            data
+        };
+        // rustls must see the bytes it has not discarded again (handshake messages are joined in place).
+        let mut input = std::mem::take(&mut self.incoming);
+        let mut progress = Progress::default();
+        if let Err(error) = self.process(&mut input, &mut [], Some(data), &mut progress) {
+            return Err(self.fail(error, &mut input[progress.consumed..]));
+        }
+        input.drain(..progress.consumed);
+        if !input.is_empty() {
+            self.incoming = input;
+        }
+        if !progress.sealed {
+            self.early.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    /// Whether sealed bytes wait to be sent.
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.outgoing.len()
+    }
+
+    /// Writes waiting sealed bytes to `out` with one `write`; returns how many it took. Errors are `out`'s.
+    pub fn write_tls_to(&mut self, out: &mut dyn Write) -> io::Result<usize> {
+        if !self.wants_write() {
+            return Ok(0);
+        }
+        let n = out.write(&self.outgoing[self.sent..])?;
+        self.sent += n;
+        if self.sent == self.outgoing.len() {
+            // All out: an idle connection keeps no output buffer.
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
+        Ok(n)
+    }
+
+    /// Full or resumed handshake, once it is complete.
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.conn.handshake_kind()
+    }
+
+    /// The protocol version negotiated, once known.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// The ALPN protocol the server chose, if any.
+    #[cfg(test)]
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// Whether the handshake is still under way.
+    #[cfg(test)]
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Bytes of memory held for received data between reads (an unfinished record, unread plaintext).
+    #[cfg(test)]
+    pub fn input_held(&self) -> usize {
+        self.incoming.capacity() + self.spill.capacity()
+    }
+
+    /// Copies kept plaintext into `out`; returns how much.
+    fn take_spill(&mut self, out: &mut [u8]) -> usize {
+        let rest = &self.spill[self.spill_pos..];
+        if rest.is_empty() {
+            return 0;
+        }
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.spill_pos += n;
+        if self.spill_pos == self.spill.len() {
+            self.spill = Vec::new();
+            self.spill_pos = 0;
+        }
+        n
+    }
+
+    /// Runs rustls over `input` (the bytes it has not discarded yet, then new ones) until it needs more
+    /// input, or `out` is full: complete records are decrypted in place in `input`, application data is
+    /// copied to `out` (what does not fit to the spill), handshake records and alerts to send go to
+    /// `outgoing`, and once application data may be sent, `early` and then `app` are sealed.
+    /// `progress` says how far it got, also when it fails.
+    fn process(
+        &mut self,
+        input: &mut [u8],
+        out: &mut [u8],
+        app: Option<&[u8]>,
+        progress: &mut Progress,
+    ) -> Result<(), rustls::Error> {
+        let mut app = app;
+        loop {
+            if !out.is_empty() && progress.written == out.len() {
+                // The caller's buffer is full: the rest waits in `incoming` for the next read.
+                break;
+            }
+            let status = self.conn.process_tls_records(&mut input[progress.consumed..]);
+            let mut discard = status.discard;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(error) => {
+                    progress.consumed += discard;
+                    return Err(error);
+                }
+            };
+            let more = match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        let room = &mut out[progress.written..];
+                        let take = record.payload.len().min(room.len());
+                        room[..take].copy_from_slice(&record.payload[..take]);
+                        progress.written += take;
+                        self.spill.extend_from_slice(&record.payload[take..]);
+                    }
+                    true
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    encode(&mut self.outgoing, |buf| data.encode(buf))?;
+                    true
+                }
+                ConnectionState::TransmitTlsData(mut transmit) => {
+                    // The records are in `outgoing`, which the caller sends in order. Plaintext written
+                    // during the handshake goes right behind the client's Finished when it may.
+                    if let Some(mut traffic) = transmit.may_encrypt_app_data() {
+                        if !self.early.is_empty() {
+                            let early = std::mem::take(&mut self.early);
+                            encrypt(&mut self.outgoing, &early, |p, b| traffic.encrypt(p, b))?;
+                        }
+                    }
+                    transmit.done();
+                    true
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    if !self.early.is_empty() {
+                        let early = std::mem::take(&mut self.early);
+                        encrypt(&mut self.outgoing, &early, |p, b| traffic.encrypt(p, b))?;
+                    }
+                    if let Some(data) = app.take() {
+                        if !data.is_empty() {
+                            encrypt(&mut self.outgoing, data, |p, b| traffic.encrypt(p, b))?;
+                        }
+                        progress.sealed = true;
+                    }
+                    false
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    true
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    false
+                }
+                // BlockedHandshake: more input needed. Early data (ReadEarlyData) is a server's; later
+                // states are not ours to act on.
+                _ => false,
+            };
+            progress.consumed += discard;
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the session failed, moves the alert rustls queued behind any unsent output, and builds the
+    /// error to return. `input` is what rustls has not discarded of the input it failed on.
+    ///
+    /// rustls is asked once, not until it has nothing more: after a fatal error its queue holds the alert
+    /// alone, and a second call would deframe again, either the same bad record (a second alert, which
+    /// rustls asserts against) or, given an empty buffer, handshake messages it had joined in the old one
+    /// (a panic inside rustls). The one call gets the same input, so that it is safe whatever is queued.
+    fn fail(&mut self, error: rustls::Error, input: &mut [u8]) -> io::Error {
+        if self.failed.is_none() {
+            if let Ok(ConnectionState::EncodeTlsData(mut data)) = self.conn.process_tls_records(input).state {
+                // Nothing to do if it does not encode: the alert is best effort.
+                let _ = encode(&mut self.outgoing, |buf| data.encode(buf));
+            }
+            self.failed = Some(error.clone());
+            self.incoming = Vec::new();
+            self.spill = Vec::new();
+            self.spill_pos = 0;
+            self.early = Vec::new();
+        }
+        tls_error(error)
+    }
+}
+
+/// A TLS error as the `io::Error` a [`super::Stream`] returns.
+fn tls_error(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, TlsFailure(error))
+}
+
+/// Appends one handshake record (or alert) from rustls to `out`, growing it to the size rustls asks for.
+fn encode(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = 2048;
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > room => {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(format!("encoding a TLS record: {e}")));
+            }
+        }
+    }
+}
+
+/// Appends the records of `data` to `out`: room is made for every record's overhead, then rustls
+/// encrypts straight into it.
+fn encrypt(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = data.len() + (data.len() / MAX_FRAGMENT + 1) * RECORD_OVERHEAD;
+    loop {
+        out.resize(start + room, 0);
+        match encrypt(data, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > room => {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(format!("encrypting TLS records: {e}")));
+            }
+        }
+    }
+}
