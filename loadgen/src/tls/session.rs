@@ -55,6 +55,8 @@ pub struct Session {
     conn: UnbufferedClientConnection,
     /// Ciphertext received and not discarded by rustls (an unfinished record); unallocated when empty.
     incoming: Vec<u8>,
+    /// `incoming` may also hold whole records: the last read stopped on a full buffer.
+    held_records: bool,
     /// Plaintext of a record that did not fit into the caller's buffer, from `spill_pos` on.
     spill: Vec<u8>,
     spill_pos: usize,
@@ -93,6 +95,8 @@ struct Progress {
     written: usize,
     /// The application data passed in was sealed (otherwise the handshake is not done yet).
     sealed: bool,
+    /// It stopped because the caller's buffer was full, maybe before whole records.
+    full: bool,
 }
 
 impl Session {
@@ -102,6 +106,7 @@ impl Session {
         Session {
             conn,
             incoming: Vec::new(),
+            held_records: false,
             spill: Vec::new(),
             spill_pos: 0,
             outgoing: Vec::new(),
@@ -149,14 +154,13 @@ impl Session {
             if self.peer_closed {
                 return Ok(n);
             }
-            // The kept unfinished record first, then as much as the caller has room for (plaintext is
+            // New bytes go after the kept unfinished record, as much as the caller has room for (plaintext is
             // shorter than its records, so all of it fits), but at least a whole record.
             let held = self.incoming.len();
             let want = (out.len() - n).max(MAX_RECORD);
             if scratch.len() < held + want {
                 scratch.resize(held + want, 0);
             }
-            scratch[..held].copy_from_slice(&self.incoming);
             let (got, drained) = loop {
                 match source(&mut scratch[held..held + want]) {
                     Ok(0) => {
@@ -172,18 +176,23 @@ impl Session {
                     }
                 }
             };
-            let filled = held + got;
-            let mut progress = Progress::default();
-            if let Err(error) = self.process(&mut scratch[..filled], &mut out[n..], None, &mut progress) {
-                return Err(self.fail(error, &mut scratch[progress.consumed..filled]));
-            }
-            n += progress.written;
-            self.incoming.clear();
-            if progress.consumed < filled && !self.peer_closed {
-                self.incoming.extend_from_slice(&scratch[progress.consumed..filled]);
-            } else {
-                // No partial record (or nothing more will be read): give the buffer back.
-                self.incoming = Vec::new();
+            // Nothing new and no whole record kept: rustls would find nothing to do.
+            if got > 0 || self.held_records || self.conn.is_handshaking() {
+                let filled = held + got;
+                scratch[..held].copy_from_slice(&self.incoming);
+                let mut progress = Progress::default();
+                if let Err(error) = self.process(&mut scratch[..filled], &mut out[n..], None, &mut progress) {
+                    return Err(self.fail(error, &mut scratch[progress.consumed..filled]));
+                }
+                n += progress.written;
+                self.held_records = progress.full;
+                self.incoming.clear();
+                if progress.consumed < filled && !self.peer_closed {
+                    self.incoming.extend_from_slice(&scratch[progress.consumed..filled]);
+                } else {
+                    // No partial record (or nothing more will be read): give the buffer back.
+                    self.incoming = Vec::new();
+                }
             }
             if drained && n > 0 {
                 return Ok(n);
@@ -196,7 +205,6 @@ impl Session {
 
     /// Whether a [`read`](Self::read) would return something without new input: plaintext kept from a
     /// record larger than the last read's room, the end of the stream or a source error not yet reported.
-    #[cfg(test)]
     pub fn read_pending(&self) -> bool {
         self.spill_pos < self.spill.len() || self.end.is_some() || self.peer_closed
     }
@@ -221,6 +229,7 @@ impl Session {
             return Err(self.fail(error, &mut input[progress.consumed..]));
         }
         input.drain(..progress.consumed);
+        self.held_records = false;
         if !input.is_empty() {
             self.incoming = input;
         }
@@ -310,6 +319,7 @@ impl Session {
         loop {
             if !out.is_empty() && progress.written == out.len() {
                 // The caller's buffer is full: the rest waits in `incoming` for the next read.
+                progress.full = true;
                 break;
             }
             let status = self.conn.process_tls_records(&mut input[progress.consumed..]);
@@ -332,7 +342,12 @@ impl Session {
                         progress.written += take;
                         self.spill.extend_from_slice(&record.payload[take..]);
                     }
-                    true
+                    // With no whole record left, rustls would only say so (application data leaves
+                    // nothing to send): spare the call, once per read. The handshake and sealing are
+                    // always left to rustls.
+                    app.is_some()
+                        || self.conn.is_handshaking()
+                        || whole_record_at(&input[progress.consumed + discard..])
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
                     encode(&mut self.outgoing, |buf| data.encode(buf))?;
@@ -403,6 +418,18 @@ impl Session {
             self.early = Vec::new();
         }
         tls_error(error)
+    }
+}
+
+/// Whether `bytes` start with a whole record, or with a header rustls must judge (a length no record may
+/// have).
+fn whole_record_at(bytes: &[u8]) -> bool {
+    match bytes {
+        [_, _, _, hi, lo, rest @ ..] => {
+            let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+            rest.len() >= len || len > MAX_RECORD - 5
+        }
+        _ => false,
     }
 }
 

@@ -35,11 +35,6 @@ impl Stream {
         Stream { sock, tls: session.map(Box::new) }
     }
 
-    /// Whether this is a TLS stream.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The TLS session, for `wss://`.
     pub fn session(&self) -> Option<&Session> {
         self.tls.as_deref()
@@ -50,10 +45,17 @@ impl Stream {
         self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// Whether a read would return something without the socket becoming readable again: for TLS,
+    /// plaintext kept from a record larger than the last read's room, or an end of the stream not yet
+    /// reported. Never for a plain stream.
+    pub fn read_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.read_pending())
+    }
+
     /// Reads plaintext into `buf`. With `stamped`, socket reads ask for the kernel's receive timestamp, and
     /// the newest one seen comes back with the bytes (CLOCK_REALTIME ns). `Ok((0, _))` is the end of the
-    /// stream. A plaintext read shorter than `buf` says nothing about the socket for TLS: read until
-    /// `WouldBlock`.
+    /// stream. A read shorter than `buf` means the socket had nothing more, for TLS as for plain text,
+    /// unless [`read_pending`](Self::read_pending).
     pub fn read_stamped(&mut self, buf: &mut [u8], stamped: bool) -> io::Result<(usize, Option<u64>)> {
         let Stream { sock, tls } = self;
         let Some(tls) = tls else {
