@@ -3,11 +3,12 @@
 //!
 //! Everything above the transport (the opening handshake in [`crate::client`], the frame scanner, the
 //! scenarios) reads and writes plaintext through [`Stream`] whatever the scheme. For `wss://` the stream runs
-//! a `rustls::ClientConnection` (rustls' `ring` provider, as herald itself) over the same non-blocking mio
-//! socket, in the worker's own loop: ciphertext is read from the socket (with the kernel's receive timestamp,
-//! like plain reads), fed to rustls, and the plaintext handed up; plaintext written is sealed and written out
-//! at once. The TLS work therefore counts in loadgen's own CPU figures, and a connection's handshake time
-//! (dial to 101) includes the TLS handshake.
+//! a [`Session`] over the same non-blocking mio socket, in the worker's own loop: rustls' unbuffered client
+//! (its `ring` provider, as herald itself) for the handshake and TLS 1.2, and for TLS 1.3 traffic the
+//! session's own record layer ([`traffic`]) with the keys rustls hands over. Ciphertext is read from the
+//! socket (with the kernel's receive timestamp, like plain reads), decrypted in place, and the plaintext
+//! handed up; plaintext written is sealed and written out at once. The TLS work therefore counts in
+//! loadgen's own CPU figures, and a connection's handshake time (dial to 101) includes the TLS handshake.
 //!
 //! Trust: `--ca FILE` trusts the certificates in that PEM file (the server's chain must lead to one of them
 //! and name the URL's host); `--insecure` accepts any certificate but still checks the handshake signatures
@@ -36,6 +37,7 @@ use crate::stats::Failure;
 
 mod session;
 mod stream;
+mod traffic;
 
 pub use session::Session;
 pub use stream::Stream;
@@ -172,6 +174,9 @@ impl ClientTls {
                 .with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // TLS 1.3 records are opened and sealed by the session itself once the handshake is done
+        // (`traffic`), with the keys rustls hands over.
+        config.enable_secret_extraction = true;
         let tickets = resume.then(|| Arc::new(TicketStore::default()));
         config.resumption = match &tickets {
             Some(store) => Resumption::store(store.clone()).tls12_resumption(Tls12Resumption::SessionIdOrTickets),

@@ -1,4 +1,4 @@
-//! [`Session`]: one client-side TLS connection over rustls' unbuffered `UnbufferedClientConnection`, as
+//! [`Session`]: one client-side TLS connection, over rustls' unbuffered `UnbufferedClientConnection`, as
 //! bytes in and bytes out. It owns no socket: [`Session::read`] pulls ciphertext from a source the caller
 //! passes in (a socket `recv` in [`super::Stream`], a list of chunks in the tests), and sealed bytes wait in
 //! the session until the caller writes them out ([`Session::write_tls_to`]).
@@ -6,8 +6,8 @@
 //! # The receive path, and what it copies
 //!
 //! [`Session::read`] lays the unfinished record kept from the last call at the front of a buffer the caller
-//! lends (one per worker thread, so no connection holds it), asks the source to fill the rest, and runs
-//! rustls over it: every complete record is decrypted in place in that buffer, and its plaintext copied into
+//! lends (one per worker thread, so no connection holds it), asks the source to fill the rest, and runs the
+//! record layer over it: every complete record is decrypted in place in that buffer, and its plaintext copied into
 //! the caller's buffer. Only two things are kept in the session between calls: the unfinished record at the
 //! end of a read (copied out of the lent buffer), and the part of a record's plaintext that did not fit
 //! into the caller's buffer. Both are freed as soon as they are used up, so an idle connection with no
@@ -15,9 +15,12 @@
 //! keeps its own 4 KiB deframer buffer, reads at most 4 KiB per call, and moves what is left to the front
 //! after every call).
 //!
-//! rustls 0.23 still copies each decrypted record into a `Vec` of its own before `ReadTraffic` hands it out
-//! (in-place `ReadTraffic` is a TODO in rustls), so a record's plaintext is copied twice: by rustls into
-//! that `Vec`, and by this session into the caller's buffer. No other copy is made.
+//! Who decrypts: rustls runs the handshake (and all of a TLS 1.2 connection); once a TLS 1.3 handshake is
+//! done and rustls holds nothing, the session takes the traffic keys from it and opens and seals records
+//! itself ([`Traffic`]), so that a record's plaintext is copied once, from where it was decrypted into the
+//! caller's buffer. Through rustls 0.23's unbuffered API it would be copied twice: rustls copies every
+//! decrypted record into a `Vec` of its own (an allocation per record) before `ReadTraffic` hands it out
+//! (in-place `ReadTraffic` is a TODO in rustls). TLS 1.2 keeps that extra copy.
 //!
 //! # Invariants
 //!
@@ -34,6 +37,7 @@ use rustls::client::UnbufferedClientConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
 use rustls::{HandshakeKind, ProtocolVersion};
 
+use super::traffic::Traffic;
 use super::TlsFailure;
 
 #[cfg(test)]
@@ -50,9 +54,21 @@ const RECORD_OVERHEAD: usize = 64;
 /// connection's default limit.
 const EARLY_MAX: usize = 64 * 1024;
 
+/// Who runs the record layer.
+enum Phase {
+    /// rustls: the handshake, and all of a TLS 1.2 connection.
+    Rustls(Box<UnbufferedClientConnection>),
+    /// TLS 1.3 once the handshake is done: records opened and sealed by [`Traffic`].
+    Traffic(Box<Traffic>),
+    /// Only after a failed hand-over from rustls.
+    Gone,
+}
+
 /// One client-side TLS connection, bytes in and bytes out.
 pub struct Session {
-    conn: UnbufferedClientConnection,
+    phase: Phase,
+    /// What the handshake agreed, kept when rustls hands over.
+    agreed: (Option<HandshakeKind>, Option<ProtocolVersion>),
     /// Ciphertext received and not discarded by rustls (an unfinished record); unallocated when empty.
     incoming: Vec<u8>,
     /// `incoming` may also hold whole records: the last read stopped on a full buffer.
@@ -75,9 +91,15 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match &self.phase {
+            Phase::Rustls(conn) if conn.is_handshaking() => "handshake",
+            Phase::Rustls(_) => "rustls",
+            Phase::Traffic(_) => "traffic",
+            Phase::Gone => "gone",
+        };
         f.debug_struct("Session")
-            .field("handshaking", &self.conn.is_handshaking())
-            .field("protocol_version", &self.conn.protocol_version())
+            .field("phase", &phase)
+            .field("protocol_version", &self.protocol_version())
             .field("incoming", &self.incoming.len())
             .field("pending_tls", &(self.outgoing.len() - self.sent))
             .field("peer_closed", &self.peer_closed)
@@ -86,17 +108,19 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Where one pass of rustls over the input stopped.
+/// Where one pass over the input stopped.
 #[derive(Debug, Default)]
-struct Progress {
-    /// Input bytes rustls is done with (to drop from the front).
-    consumed: usize,
+pub(super) struct Progress {
+    /// Input bytes done with (to drop from the front).
+    pub consumed: usize,
     /// Plaintext bytes written to the caller's buffer.
-    written: usize,
+    pub written: usize,
     /// The application data passed in was sealed (otherwise the handshake is not done yet).
-    sealed: bool,
+    pub sealed: bool,
     /// It stopped because the caller's buffer was full, maybe before whole records.
-    full: bool,
+    pub full: bool,
+    /// rustls reached the state in which application data is sent: nothing left for it to do.
+    pub idle: bool,
 }
 
 impl Session {
@@ -104,7 +128,8 @@ impl Session {
     /// [`seal`](Self::seal).
     pub fn new(conn: UnbufferedClientConnection) -> Session {
         Session {
-            conn,
+            phase: Phase::Rustls(Box::new(conn)),
+            agreed: (None, None),
             incoming: Vec::new(),
             held_records: false,
             spill: Vec::new(),
@@ -176,12 +201,12 @@ impl Session {
                     }
                 }
             };
-            // Nothing new and no whole record kept: rustls would find nothing to do.
-            if got > 0 || self.held_records || self.conn.is_handshaking() {
+            // Nothing new and no whole record kept: nothing to do.
+            if got > 0 || self.held_records || self.is_handshaking() {
                 let filled = held + got;
                 scratch[..held].copy_from_slice(&self.incoming);
                 let mut progress = Progress::default();
-                if let Err(error) = self.process(&mut scratch[..filled], &mut out[n..], None, &mut progress) {
+                if let Err(error) = self.records(&mut scratch[..filled], &mut out[n..], None, &mut progress) {
                     return Err(self.fail(error, &mut scratch[progress.consumed..filled]));
                 }
                 n += progress.written;
@@ -217,7 +242,13 @@ impl Session {
         if let Some(error) = &self.failed {
             return Err(tls_error(error.clone()));
         }
-        let data = if self.conn.is_handshaking() {
+        if let Phase::Traffic(traffic) = &mut self.phase {
+            if let Err(error) = traffic.seal(data, &mut self.outgoing) {
+                return Err(self.fail(error, &mut []));
+            }
+            return Ok(data.len());
+        }
+        let data = if self.is_handshaking() {
             &data[..data.len().min(EARLY_MAX.saturating_sub(self.early.len()))]
         } else {
             data
@@ -225,7 +256,7 @@ impl Session {
         // rustls must see the bytes it has not discarded again (handshake messages are joined in place).
         let mut input = std::mem::take(&mut self.incoming);
         let mut progress = Progress::default();
-        if let Err(error) = self.process(&mut input, &mut [], Some(data), &mut progress) {
+        if let Err(error) = self.records(&mut input, &mut [], Some(data), &mut progress) {
             return Err(self.fail(error, &mut input[progress.consumed..]));
         }
         input.drain(..progress.consumed);
@@ -261,24 +292,38 @@ impl Session {
 
     /// Full or resumed handshake, once it is complete.
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
-        self.conn.handshake_kind()
+        match &self.phase {
+            Phase::Rustls(conn) => conn.handshake_kind(),
+            _ => self.agreed.0,
+        }
     }
 
     /// The protocol version negotiated, once known.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.conn.protocol_version()
-    }
-
-    /// The ALPN protocol the server chose, if any.
-    #[cfg(test)]
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        match &self.phase {
+            Phase::Rustls(conn) => conn.protocol_version(),
+            _ => self.agreed.1,
+        }
     }
 
     /// Whether the handshake is still under way.
-    #[cfg(test)]
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        matches!(&self.phase, Phase::Rustls(conn) if conn.is_handshaking())
+    }
+
+    /// Whether records are opened and sealed here rather than by rustls (TLS 1.3 after the handshake).
+    #[cfg(test)]
+    pub fn own_record_layer(&self) -> bool {
+        matches!(self.phase, Phase::Traffic(_))
+    }
+
+    /// The suite the records are sealed with, once handed over.
+    #[cfg(test)]
+    pub fn traffic_suite(&self) -> Option<rustls::CipherSuite> {
+        match &self.phase {
+            Phase::Traffic(traffic) => Some(traffic.suite()),
+            _ => None,
+        }
     }
 
     /// Bytes of memory held for received data between reads (an unfinished record, unread plaintext).
@@ -303,6 +348,56 @@ impl Session {
         n
     }
 
+    /// Runs the record layer over `input` (see [`process`](Self::process) and [`Traffic::open`]); once rustls
+    /// has finished a TLS 1.3 handshake with nothing held, hands the connection over to [`Traffic`].
+    fn records(
+        &mut self,
+        input: &mut [u8],
+        out: &mut [u8],
+        app: Option<&[u8]>,
+        progress: &mut Progress,
+    ) -> Result<(), rustls::Error> {
+        match &mut self.phase {
+            Phase::Traffic(traffic) => {
+                if traffic.open(input, out, &mut self.spill, &mut self.outgoing, progress)? {
+                    self.peer_closed = true;
+                }
+                if let Some(data) = app {
+                    traffic.seal(data, &mut self.outgoing)?;
+                    progress.sealed = true;
+                }
+                Ok(())
+            }
+            Phase::Rustls(_) => {
+                self.process(input, out, app, progress)?;
+                if progress.idle && progress.consumed == input.len() {
+                    self.hand_over()?;
+                }
+                Ok(())
+            }
+            Phase::Gone => Err(rustls::Error::General("the connection was lost in the hand-over".into())),
+        }
+    }
+
+    /// TLS 1.3 after the handshake: takes the traffic secrets from rustls and opens and seals records here
+    /// from now on. Called only when rustls is idle (nothing to send, no plaintext queued) and holds nothing
+    /// of the input (no handshake message half joined in it), so nothing it knew is lost.
+    fn hand_over(&mut self) -> Result<(), rustls::Error> {
+        let Phase::Rustls(conn) = &self.phase else { return Ok(()) };
+        if conn.is_handshaking()
+            || conn.protocol_version() != Some(ProtocolVersion::TLSv1_3)
+            || !self.early.is_empty()
+            || self.peer_closed
+        {
+            return Ok(());
+        }
+        self.agreed = (conn.handshake_kind(), conn.protocol_version());
+        let Phase::Rustls(conn) = std::mem::replace(&mut self.phase, Phase::Gone) else { return Ok(()) };
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+        self.phase = Phase::Traffic(Box::new(Traffic::new(secrets, kernel)?));
+        Ok(())
+    }
+
     /// Runs rustls over `input` (the bytes it has not discarded yet, then new ones) until it needs more
     /// input, or `out` is full: complete records are decrypted in place in `input`, application data is
     /// copied to `out` (what does not fit to the spill), handshake records and alerts to send go to
@@ -315,6 +410,10 @@ impl Session {
         app: Option<&[u8]>,
         progress: &mut Progress,
     ) -> Result<(), rustls::Error> {
+        let Session { phase, outgoing, early, spill, peer_closed, .. } = self;
+        let Phase::Rustls(conn) = phase else {
+            return Err(rustls::Error::General("bug: rustls called after the hand-over".into()));
+        };
         let mut app = app;
         loop {
             if !out.is_empty() && progress.written == out.len() {
@@ -322,7 +421,7 @@ impl Session {
                 progress.full = true;
                 break;
             }
-            let status = self.conn.process_tls_records(&mut input[progress.consumed..]);
+            let status = conn.process_tls_records(&mut input[progress.consumed..]);
             let mut discard = status.discard;
             let state = match status.state {
                 Ok(state) => state,
@@ -340,50 +439,49 @@ impl Session {
                         let take = record.payload.len().min(room.len());
                         room[..take].copy_from_slice(&record.payload[..take]);
                         progress.written += take;
-                        self.spill.extend_from_slice(&record.payload[take..]);
+                        spill.extend_from_slice(&record.payload[take..]);
                     }
                     // With no whole record left, rustls would only say so (application data leaves
                     // nothing to send): spare the call, once per read. The handshake and sealing are
                     // always left to rustls.
-                    app.is_some()
-                        || self.conn.is_handshaking()
-                        || whole_record_at(&input[progress.consumed + discard..])
+                    app.is_some() || conn.is_handshaking() || whole_record_at(&input[progress.consumed + discard..])
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    encode(&mut self.outgoing, |buf| data.encode(buf))?;
+                    encode(outgoing, |buf| data.encode(buf))?;
                     true
                 }
                 ConnectionState::TransmitTlsData(mut transmit) => {
                     // The records are in `outgoing`, which the caller sends in order. Plaintext written
                     // during the handshake goes right behind the client's Finished when it may.
                     if let Some(mut traffic) = transmit.may_encrypt_app_data() {
-                        if !self.early.is_empty() {
-                            let early = std::mem::take(&mut self.early);
-                            encrypt(&mut self.outgoing, &early, |p, b| traffic.encrypt(p, b))?;
+                        if !early.is_empty() {
+                            let early = std::mem::take(early);
+                            encrypt(outgoing, &early, |p, b| traffic.encrypt(p, b))?;
                         }
                     }
                     transmit.done();
                     true
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    if !self.early.is_empty() {
-                        let early = std::mem::take(&mut self.early);
-                        encrypt(&mut self.outgoing, &early, |p, b| traffic.encrypt(p, b))?;
+                    progress.idle = true;
+                    if !early.is_empty() {
+                        let early = std::mem::take(early);
+                        encrypt(outgoing, &early, |p, b| traffic.encrypt(p, b))?;
                     }
                     if let Some(data) = app.take() {
                         if !data.is_empty() {
-                            encrypt(&mut self.outgoing, data, |p, b| traffic.encrypt(p, b))?;
+                            encrypt(outgoing, data, |p, b| traffic.encrypt(p, b))?;
                         }
                         progress.sealed = true;
                     }
                     false
                 }
                 ConnectionState::PeerClosed => {
-                    self.peer_closed = true;
+                    *peer_closed = true;
                     true
                 }
                 ConnectionState::Closed => {
-                    self.peer_closed = true;
+                    *peer_closed = true;
                     false
                 }
                 // BlockedHandshake: more input needed. Early data (ReadEarlyData) is a server's; later
@@ -407,9 +505,15 @@ impl Session {
     /// (a panic inside rustls). The one call gets the same input, so that it is safe whatever is queued.
     fn fail(&mut self, error: rustls::Error, input: &mut [u8]) -> io::Error {
         if self.failed.is_none() {
-            if let Ok(ConnectionState::EncodeTlsData(mut data)) = self.conn.process_tls_records(input).state {
-                // Nothing to do if it does not encode: the alert is best effort.
-                let _ = encode(&mut self.outgoing, |buf| data.encode(buf));
+            match &mut self.phase {
+                Phase::Rustls(conn) => {
+                    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.process_tls_records(input).state {
+                        // Nothing to do if it does not encode: the alert is best effort.
+                        let _ = encode(&mut self.outgoing, |buf| data.encode(buf));
+                    }
+                }
+                Phase::Traffic(traffic) => traffic.seal_alert(&error, &mut self.outgoing),
+                Phase::Gone => {}
             }
             self.failed = Some(error.clone());
             self.incoming = Vec::new();

@@ -61,6 +61,23 @@ impl Pki {
             .expect("server config")
     }
 
+    /// herald's server configuration offering only `suite`.
+    fn server_config_for(&self, suite: rustls::CipherSuite) -> Arc<ServerConfig> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+        let provider = Arc::new(provider);
+        let certified = certs::certified_key(
+            std::path::Path::new("leaf"),
+            vec![self.leaf.clone()],
+            std::path::Path::new("key"),
+            self.key.clone_key(),
+            &provider,
+        )
+        .expect("certified key");
+        certs::server_config_with(Arc::new(certified), certs::ticketer().expect("ticketer"), provider)
+            .expect("server config")
+    }
+
     /// A TLS 1.2-only server with this leaf.
     fn tls12_server_config(&self) -> Arc<ServerConfig> {
         let config = ServerConfig::builder_with_provider(certs::provider())
@@ -229,8 +246,9 @@ fn the_handshake_agrees_on_tls_1_3_and_http_1_1_and_keeps_no_buffers() {
     let pki = Pki::new("handshake");
     let pair = Pair::connected(&pki.client(false), pki.server_config());
     assert_eq!(pair.client.protocol_version(), Some(ProtocolVersion::TLSv1_3));
-    assert_eq!(pair.client.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(pair.server.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(pair.client.handshake_kind(), Some(HandshakeKind::Full));
+    assert!(pair.client.own_record_layer(), "TLS 1.3 records are opened here once the handshake is done");
     assert_eq!(pair.client.input_held(), 0, "no receive buffer once idle");
     assert!(!pair.client.wants_write(), "no output buffer once idle");
 }
@@ -411,6 +429,7 @@ fn with_resumption_the_servers_ticket_resumes_the_next_session() {
     assert!(client.has_ticket(), "the server's tickets reached the shared store");
     let second = Pair::connected(&client, server);
     assert_eq!(second.client.handshake_kind(), Some(HandshakeKind::Resumed));
+    assert_eq!(second.client.protocol_version(), Some(ProtocolVersion::TLSv1_3));
 }
 
 #[test]
@@ -418,6 +437,7 @@ fn tls_1_2_records_are_read_the_same_way() {
     let pki = Pki::new("tls12");
     let mut pair = Pair::connected(&pki.client(false), pki.tls12_server_config());
     assert_eq!(pair.client.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    assert!(!pair.client.own_record_layer(), "TLS 1.2 stays with rustls");
     let messages: [&[u8]; 2] = [b"explicit", &[3u8; 3000]];
     let ciphertext = pair.server_sends(&messages);
     let mut got = Vec::new();
@@ -426,4 +446,81 @@ fn tls_1_2_records_are_read_the_same_way() {
         got.extend(pair.read_available(1024));
     }
     assert_eq!(got, messages.concat());
+}
+
+#[test]
+fn every_tls_1_3_suite_is_opened_and_sealed_by_the_session_itself() {
+    use rustls::CipherSuite as S;
+    let pki = Pki::new("suites");
+    for suite in [S::TLS13_AES_128_GCM_SHA256, S::TLS13_AES_256_GCM_SHA384, S::TLS13_CHACHA20_POLY1305_SHA256] {
+        let mut pair = Pair::connected(&pki.client(false), pki.server_config_for(suite));
+        assert_eq!(pair.client.traffic_suite(), Some(suite));
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let ciphertext = pair.server_sends(&[b"down", &big]);
+        pair.wire.chunks.push_back(ciphertext);
+        assert_eq!(pair.read_available(64 * 1024), [&b"down"[..], &big].concat(), "{suite:?}: server to client");
+        assert_eq!(pair.client.seal(&big).expect("sealed"), big.len());
+        pair.client_to_server().expect("the server opens what the session sealed");
+        assert_eq!(pair.received, big, "{suite:?}: client to server");
+    }
+}
+
+#[test]
+fn a_key_update_from_the_server_is_followed_and_answered() {
+    let pki = Pki::new("keyupdate");
+    let mut pair = Pair::connected(&pki.client(false), pki.server_config());
+    assert!(pair.client.own_record_layer());
+    // rustls asks the peer to update too (update_requested).
+    pair.server.refresh_traffic_keys().expect("key update");
+    let ciphertext = pair.server_sends(&[b"after the update"]);
+    pair.wire.chunks.push_back(ciphertext);
+    assert_eq!(pair.read_available(1024), b"after the update");
+    assert!(pair.client.wants_write(), "our key update answers the server's request");
+    pair.client.seal(b"with the new key").expect("sealed");
+    pair.client_to_server().expect("the server follows our key update");
+    assert_eq!(pair.received, b"with the new key");
+    // And once more, to see both sides moved on in step.
+    pair.server.refresh_traffic_keys().expect("second key update");
+    let ciphertext = pair.server_sends(&[b"again"]);
+    pair.wire.chunks.push_back(ciphertext);
+    assert_eq!(pair.read_available(1024), b"again");
+    pair.client.seal(b"and again").expect("sealed");
+    pair.client_to_server().expect("second answer");
+    assert_eq!(pair.received, b"with the new keyand again");
+}
+
+#[test]
+fn a_plaintext_record_after_the_handshake_is_refused_with_unexpected_message() {
+    let pki = Pki::new("plaintext");
+    let mut pair = Pair::connected(&pki.client(false), pki.server_config());
+    // A fatal alert in the clear, as a confused or hostile peer might send it.
+    pair.wire.chunks.push_back(vec![21, 3, 3, 0, 2, 2, 40]);
+    let mut out = [0u8; 64];
+    let e = pair.read(&mut out).expect_err("protected records only");
+    assert!(matches!(tls_failure(&e), rustls::Error::InappropriateMessage { .. }), "{e}");
+    assert_eq!(classify(&e), Some(Failure::Tls));
+    match pair.client_to_server() {
+        Err(rustls::Error::AlertReceived(AlertDescription::UnexpectedMessage)) => {}
+        other => panic!("expected the server to receive unexpected_message, got {other:?}"),
+    }
+}
+
+#[test]
+fn session_tickets_split_over_records_are_joined_and_resume() {
+    let pki = Pki::new("joined");
+    let client = pki.client(true);
+    // rustls' server cuts what it sends into records of at most this many bytes (header included), so
+    // each ticket, sent after the handshake, spans several records.
+    let mut config = (*pki.server_config()).clone();
+    config.max_fragment_size = Some(64);
+    let config = Arc::new(config);
+    assert!(!client.has_ticket());
+    let mut pair = Pair::connected(&client, config.clone());
+    assert!(pair.client.own_record_layer());
+    assert!(client.has_ticket(), "the tickets were joined and filed in the store");
+    let ciphertext = pair.server_sends(&[&[1u8; 1000]]);
+    pair.wire.chunks.push_back(ciphertext);
+    assert_eq!(pair.read_available(4096), vec![1u8; 1000], "data in 64-byte records");
+    let resumed = Pair::connected(&client, config);
+    assert_eq!(resumed.client.handshake_kind(), Some(HandshakeKind::Resumed));
 }
