@@ -402,7 +402,6 @@ impl Worker {
             self.rbuf[..carry].copy_from_slice(conn.scanner.carry());
             let room = self.rbuf.len() - crate::scan::CARRY_MAX;
             let offset = self.rx_offset;
-            let tls = conn.stream.is_tls();
             let result = conn
                 .stream
                 .read_stamped(&mut self.rbuf[carry..carry + room], offset.is_some())
@@ -417,9 +416,8 @@ impl Worker {
                         Ok(true) => self.mark_open(token),
                         Err(f) => return self.close(token, Some(f)),
                     }
-                    if n < room && !tls {
-                        // A short read emptied the socket; the next arrival raises a new edge. (A short TLS
-                        // read is one record's plaintext: the socket may hold more.)
+                    if n < room && !self.conns.get(token).is_some_and(|c| c.stream.read_pending()) {
+                        // A short read emptied the socket (for TLS too); the next arrival raises a new edge.
                         return;
                     }
                 }

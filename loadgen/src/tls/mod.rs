@@ -1,13 +1,14 @@
 //! `wss://`: the client's TLS configuration (which server certificates to trust, session resumption) and the
-//! transport, [`Stream`], the one piece in which a plain and a TLS connection differ.
+//! transport, [`Stream`] (in [`stream`]), the one piece in which a plain and a TLS connection differ.
 //!
 //! Everything above the transport (the opening handshake in [`crate::client`], the frame scanner, the
 //! scenarios) reads and writes plaintext through [`Stream`] whatever the scheme. For `wss://` the stream runs
-//! a `rustls::ClientConnection` (rustls' `ring` provider, as herald itself) over the same non-blocking mio
-//! socket, in the worker's own loop: ciphertext is read from the socket (with the kernel's receive timestamp,
-//! like plain reads), fed to rustls, and the plaintext handed up; plaintext written is sealed and written out
-//! at once. The TLS work therefore counts in loadgen's own CPU figures, and a connection's handshake time
-//! (dial to 101) includes the TLS handshake.
+//! a [`Session`] over the same non-blocking mio socket, in the worker's own loop: rustls' unbuffered client
+//! (its `ring` provider, as herald itself) for the handshake and TLS 1.2, and for TLS 1.3 traffic the
+//! session's own record layer ([`traffic`]) with the keys rustls hands over. Ciphertext is read from the
+//! socket (with the kernel's receive timestamp, like plain reads), decrypted in place, and the plaintext
+//! handed up; plaintext written is sealed and written out at once. The TLS work therefore counts in
+//! loadgen's own CPU figures, and a connection's handshake time (dial to 101) includes the TLS handshake.
 //!
 //! Trust: `--ca FILE` trusts the certificates in that PEM file (the server's chain must lead to one of them
 //! and name the URL's host); `--insecure` accepts any certificate but still checks the handshake signatures
@@ -16,28 +17,30 @@
 //! (TLS 1.3 tickets, TLS 1.2 tickets) among every connection of the run, so that all but the first few resume.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption,
-    Tls13ClientSessionValue,
+    Tls13ClientSessionValue, UnbufferedClientConnection,
 };
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, ProtocolVersion, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, NamedGroup, ProtocolVersion, SignatureScheme};
 use serde::Serialize;
 
 use crate::stats::Failure;
-use crate::sys;
+
+mod session;
+mod stream;
+mod traffic;
+
+pub use session::Session;
+pub use stream::Stream;
 
 /// TLS 1.3 tickets the shared store keeps with `--tls-resume` (the oldest go first beyond it).
 const MAX_TICKETS: usize = 32 * 1024;
@@ -171,6 +174,9 @@ impl ClientTls {
                 .with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // TLS 1.3 records are opened and sealed by the session itself once the handshake is done
+        // (`traffic`), with the keys rustls hands over.
+        config.enable_secret_extraction = true;
         let tickets = resume.then(|| Arc::new(TicketStore::default()));
         config.resumption = match &tickets {
             Some(store) => Resumption::store(store.clone()).tls12_resumption(Tls12Resumption::SessionIdOrTickets),
@@ -188,13 +194,15 @@ impl ClientTls {
     }
 
     /// A new client session for one connection.
-    pub fn session(&self) -> io::Result<ClientConnection> {
-        ClientConnection::new(self.config.clone(), self.server_name.clone()).map_err(io::Error::other)
+    pub fn session(&self) -> io::Result<Session> {
+        UnbufferedClientConnection::new(self.config.clone(), self.server_name.clone())
+            .map(Session::new)
+            .map_err(io::Error::other)
     }
 
     /// Counts the handshake `stream` completed.
     pub fn count(&self, stream: &Stream) {
-        let Some(tls) = &stream.tls else { return };
+        let Some(tls) = stream.session() else { return };
         let c = &self.counts;
         match tls.handshake_kind() {
             Some(HandshakeKind::Resumed) => c.resumed.fetch_add(1, Ordering::Relaxed),
@@ -365,145 +373,6 @@ impl ServerCertVerifier for AnyCertificate {
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
 pub struct TlsFailure(pub rustls::Error);
-
-/// One connection's byte stream: the socket, and for `wss://` the TLS session on it. Reads and writes
-/// plaintext either way; non-blocking, `WouldBlock` as from a socket.
-#[derive(Debug)]
-pub struct Stream {
-    /// The socket (registered with the worker's poll; connect state and descriptor come from it).
-    pub sock: TcpStream,
-    tls: Option<Box<ClientConnection>>,
-}
-
-impl Stream {
-    /// A plain stream, or a TLS one with `session`.
-    pub fn new(sock: TcpStream, session: Option<ClientConnection>) -> Stream {
-        Stream { sock, tls: session.map(Box::new) }
-    }
-
-    /// Whether this is a TLS stream.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    /// Whether sealed bytes wait for the socket.
-    pub fn tls_pending(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
-    }
-
-    /// Reads plaintext into `buf`. With `stamped`, socket reads ask for the kernel's receive timestamp, and
-    /// the newest one seen comes back with the bytes (CLOCK_REALTIME ns). `Ok((0, _))` is the end of the
-    /// stream. A plaintext read shorter than `buf` says nothing about the socket for TLS: read until
-    /// `WouldBlock`.
-    pub fn read_stamped(&mut self, buf: &mut [u8], stamped: bool) -> io::Result<(usize, Option<u64>)> {
-        let Stream { sock, tls } = self;
-        let Some(tls) = tls else {
-            return if stamped {
-                sys::recv_timestamped(sock.as_raw_fd(), buf)
-            } else {
-                sock.read(buf).map(|n| (n, None))
-            };
-        };
-        let mut stamp = None;
-        // Handshake messages left over from an earlier turn go first.
-        flush_tls(tls, sock)?;
-        loop {
-            match tls.reader().read(buf) {
-                Ok(n) => return Ok((n, stamp)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((0, stamp)),
-                Err(e) => return Err(e),
-            }
-            let mut source = Source { sock, stamped, stamp: &mut stamp };
-            match tls.read_tls(&mut source) {
-                Ok(0) => return Ok((0, stamp)),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = tls.process_new_packets() {
-                // Best effort: the alert rustls queued for the server.
-                let _ = tls.write_tls(sock);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, TlsFailure(e)));
-            }
-            flush_tls(tls, sock)?;
-        }
-    }
-
-    /// Writes out sealed bytes waiting for the socket. `Ok(true)`: none left.
-    pub fn flush_tls(&mut self) -> io::Result<bool> {
-        match &mut self.tls {
-            Some(tls) => flush_tls(tls, &mut self.sock),
-            None => Ok(true),
-        }
-    }
-}
-
-/// Writes sealed bytes until none are left (`Ok(true)`) or the socket is full (`Ok(false)`).
-fn flush_tls(tls: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<bool> {
-    while tls.wants_write() {
-        match tls.write_tls(sock) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_stamped(buf, false).map(|(n, _)| n)
-    }
-}
-
-impl Write for Stream {
-    /// Plain: one socket write. TLS: while sealed bytes still wait for the socket, no more plaintext is taken
-    /// (`WouldBlock`, so that backpressure works as on a plain socket); otherwise all of `buf` is sealed and
-    /// written out as far as the socket takes it.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Stream { sock, tls } = self;
-        let Some(tls) = tls else { return sock.write(buf) };
-        if !flush_tls(tls, sock)? {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = tls.writer().write(buf)?;
-        if n == 0 && !buf.is_empty() {
-            // rustls' buffer limit (plaintext held during the handshake): wait for the handshake to move on.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        flush_tls(tls, sock)?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self.flush_tls()? {
-            true => Ok(()),
-            false => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-/// The socket as rustls' ciphertext source, keeping the newest kernel receive timestamp.
-struct Source<'a> {
-    sock: &'a mut TcpStream,
-    stamped: bool,
-    stamp: &'a mut Option<u64>,
-}
-
-impl Read for Source<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.stamped {
-            return self.sock.read(buf);
-        }
-        let (n, stamp) = sys::recv_timestamped(self.sock.as_raw_fd(), buf)?;
-        if stamp.is_some() {
-            *self.stamp = stamp;
-        }
-        Ok(n)
-    }
-}
 
 /// The failure class of `e` if it is a TLS failure from a [`Stream`]: a rejected server certificate (with
 /// why) or any other TLS error.
