@@ -490,24 +490,15 @@ impl TlsSession {
         };
         self.failed = true;
         let before = self.outgoing.len();
-        // After a fatal error rustls hands out only what it queued (the alert), then the error again. It is
-        // given the unprocessed input again, not an empty buffer: it may still hold the rest of a record it had
-        // started on (more handshake messages behind the one that failed) as positions in that input, and
-        // indexes past an empty buffer (a panic, which the release build turns into an abort).
-        let mut consumed = 0;
-        let held = self.incoming.len();
-        for _ in 0..8 {
-            let status = conn.process_tls_records(&mut self.incoming[consumed.min(held)..]);
-            consumed += status.discard;
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    if encode(&mut self.outgoing, |buf| data.encode(buf)).is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
-            }
+        // After a fatal error rustls hands out what the failing call queued (the alert) before it looks at the
+        // input again, so it is asked exactly once. Once more would deframe the bad bytes again (a second
+        // fatal alert: rustls' debug assertion). And it is given the unprocessed input, not an empty
+        // buffer: it may still hold the rest of a record it had started on (more handshake messages behind
+        // the one that failed) as positions in that input, and indexed past an empty buffer (a panic, which
+        // the release build turns into an abort).
+        let status = conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
+            let _ = encode(&mut self.outgoing, |buf| data.encode(buf));
         }
         self.incoming = Vec::new();
         let alert = match error {

@@ -188,7 +188,7 @@ impl Traffic {
         let total: usize = slices.iter().map(|s| s.len()).sum();
         out.reserve(total + total.div_ceil(MAX_PLAINTEXT) * RECORD_OVERHEAD);
         let mut parts = slices.iter().map(|s| &s[..]).filter(|s| !s.is_empty());
-        let mut part: &[u8] = parts.next().unwrap_or_default();
+        let mut part: &[u8] = &[];
         let mut left = total;
         while left > 0 {
             let len = left.min(MAX_PLAINTEXT);
@@ -196,7 +196,9 @@ impl Traffic {
                 let mut need = len;
                 while need > 0 {
                     if part.is_empty() {
-                        part = parts.next().unwrap_or_default();
+                        // `total` was summed from these slices, so they cannot run out first.
+                        let Some(next) = parts.next() else { break };
+                        part = next;
                     }
                     let take = need.min(part.len());
                     out.extend_from_slice(&part[..take]);
