@@ -511,7 +511,8 @@ impl TlsSession {
 }
 
 /// Appends one handshake record (or alert) from rustls to `out`, growing it to the size rustls asks for.
-fn encode(
+/// (loadgen's unbuffered client uses it too.)
+pub fn encode(
     out: &mut Vec<u8>,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> Result<(), rustls::Error> {
@@ -536,8 +537,8 @@ fn encode(
 }
 
 /// Appends the records of `data` (or a `close_notify`) to `out`: room is made for every record's overhead,
-/// then rustls encrypts straight into it.
-fn encrypt(
+/// then rustls encrypts straight into it. (loadgen's unbuffered client uses it too.)
+pub fn encrypt(
     out: &mut Vec<u8>,
     data: &[u8],
     mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,

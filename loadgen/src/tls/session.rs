@@ -33,8 +33,9 @@
 
 use std::io::{self, Write};
 
+use herald::tls::session::{encode, encrypt};
 use rustls::client::UnbufferedClientConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::unbuffered::ConnectionState;
 use rustls::{HandshakeKind, ProtocolVersion};
 
 use super::traffic::Traffic;
@@ -45,10 +46,6 @@ mod tests;
 
 /// The most one TLS record takes on the wire (header, 16 KiB of plaintext, the largest expansion allowed).
 pub const MAX_RECORD: usize = 5 + 16 * 1024 + 256;
-
-/// Largest plaintext in one record, and the most sealing adds to it (header, content type, tag).
-const MAX_FRAGMENT: usize = 16 * 1024;
-const RECORD_OVERHEAD: usize = 64;
 
 /// Most plaintext accepted before the handshake completes (then writes would block), as rustls' buffered
 /// connection's default limit.
@@ -540,56 +537,4 @@ fn whole_record_at(bytes: &[u8]) -> bool {
 /// A TLS error as the `io::Error` a [`super::Stream`] returns.
 fn tls_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, TlsFailure(error))
-}
-
-/// Appends one handshake record (or alert) from rustls to `out`, growing it to the size rustls asks for.
-fn encode(
-    out: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
-) -> Result<(), rustls::Error> {
-    let start = out.len();
-    let mut room = 2048;
-    loop {
-        out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > room => {
-                room = required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(format!("encoding a TLS record: {e}")));
-            }
-        }
-    }
-}
-
-/// Appends the records of `data` to `out`: room is made for every record's overhead, then rustls
-/// encrypts straight into it.
-fn encrypt(
-    out: &mut Vec<u8>,
-    data: &[u8],
-    mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
-) -> Result<(), rustls::Error> {
-    let start = out.len();
-    let mut room = data.len() + (data.len() / MAX_FRAGMENT + 1) * RECORD_OVERHEAD;
-    loop {
-        out.resize(start + room, 0);
-        match encrypt(data, &mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > room => {
-                room = required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(format!("encrypting TLS records: {e}")));
-            }
-        }
-    }
 }
