@@ -856,9 +856,14 @@ impl Worker {
                 // The kernel still has our last send: the rest follows its completion.
                 return true;
             }
+            // Everything this connection will ever send is queued (the last frames, and over TLS our
+            // close_notify): once it is written, flush_conn shuts the socket down for writing right away.
+            let fin_follows = conn.says_nothing_more() && conn.transport.tls().is_none_or(|t| t.notified);
             let written = match &mut conn.transport {
                 Transport::Plain if conn.outbox.is_empty() => return true,
-                Transport::Plain => self.io.send_outbox(key, &conn.stream, &mut conn.outbox, &mut conn.flags),
+                Transport::Plain => {
+                    self.io.send_outbox(key, &conn.stream, &mut conn.outbox, &mut conn.flags, fin_follows)
+                }
                 Transport::Tls(tls) if tls.joins_outbox(&conn.outbox) => {
                     // A few records the session made by itself (the tickets after a handshake, a key
                     // update) and the first frames (the 101 that follows them): one write, not two.
@@ -869,7 +874,7 @@ impl Worker {
                     continue;
                 }
                 Transport::Tls(tls) if tls.session.wants_write() => {
-                    self.io.send_ciphertext(key, &conn.stream, &mut tls.session, &mut conn.flags)
+                    self.io.send_ciphertext(key, &conn.stream, &mut tls.session, &mut conn.flags, fin_follows)
                 }
                 Transport::Tls(_) if conn.outbox.is_empty() => return true,
                 Transport::Tls(tls) => {

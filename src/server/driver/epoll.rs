@@ -2,13 +2,14 @@
 //! what is readable and writes what became writable, all through the worker's state; sends made by the state
 //! go out at once with one `writev` (or wait for the WRITABLE edge when the socket is full).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
+use socket2::SockRef;
 
 use super::Io;
 use crate::broker::index::ConnKey;
@@ -64,8 +65,13 @@ impl EpollIo {
         stream: &TcpStream,
         outbox: &mut Outbox,
         _flags: &mut u16,
+        fin_follows: bool,
     ) -> io::Result<usize> {
-        outbox.write_to(&mut &*stream)
+        if fin_follows {
+            outbox.write_to(&mut LastWords(SockRef::from(stream)))
+        } else {
+            outbox.write_to(&mut &*stream)
+        }
     }
 
     pub(super) fn send_ciphertext(
@@ -74,8 +80,13 @@ impl EpollIo {
         stream: &TcpStream,
         session: &mut TlsSession,
         _flags: &mut u16,
+        fin_follows: bool,
     ) -> io::Result<usize> {
-        session.write_tls_to(&mut &*stream)
+        if fin_follows {
+            session.write_tls_to(&mut LastWords(SockRef::from(stream)))
+        } else {
+            session.write_tls_to(&mut &*stream)
+        }
     }
 
     pub(super) fn wait_writable(&mut self, key: ConnKey, stream: &TcpStream, flags: &mut u16) {
@@ -106,6 +117,25 @@ impl EpollIo {
         for mut listener in self.listeners.iter_mut().filter_map(Option::take) {
             let _ = self.registry.deregister(&mut listener);
         }
+    }
+}
+
+/// A connection's last bytes, sent with `MSG_MORE`: the kernel keeps the last (partial) segment back until the
+/// `shutdown` that follows, which puts the FIN in it and pushes it out (`tcp_send_fin`). Only for bytes that a
+/// shutdown or a close follows at once: nothing else would push them.
+struct LastWords<'a>(SockRef<'a>);
+
+impl Write for LastWords<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored_with_flags(bufs, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

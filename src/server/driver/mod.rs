@@ -45,6 +45,11 @@ impl Io {
 
     /// Sends what `outbox` holds (one vectored write). Returns the bytes written now, or `WouldBlock` when
     /// the socket is full or the bytes were handed to the kernel to complete later (then `SENDING` is set).
+    ///
+    /// `fin_follows`: these are the connection's last bytes, and the worker shuts the socket down for writing as
+    /// soon as they are all written. The drivers then send them with `MSG_MORE`, so the kernel holds the
+    /// last segment back and the FIN that `shutdown` adds rides in it: one packet, not two (the FIN would
+    /// otherwise follow alone, a few microseconds later, and cost both ends a segment).
     #[inline]
     pub fn send_outbox(
         &mut self,
@@ -52,10 +57,11 @@ impl Io {
         stream: &TcpStream,
         outbox: &mut Outbox,
         flags: &mut u16,
+        fin_follows: bool,
     ) -> io::Result<usize> {
         match self {
-            Io::Epoll(e) => e.send_outbox(key, stream, outbox, flags),
-            Io::Uring(u) => u.send_outbox(key, stream, outbox, flags),
+            Io::Epoll(e) => e.send_outbox(key, stream, outbox, flags, fin_follows),
+            Io::Uring(u) => u.send_outbox(key, stream, outbox, flags, fin_follows),
         }
     }
 
@@ -67,10 +73,11 @@ impl Io {
         stream: &TcpStream,
         session: &mut TlsSession,
         flags: &mut u16,
+        fin_follows: bool,
     ) -> io::Result<usize> {
         match self {
-            Io::Epoll(e) => e.send_ciphertext(key, stream, session, flags),
-            Io::Uring(u) => u.send_ciphertext(key, stream, session, flags),
+            Io::Epoll(e) => e.send_ciphertext(key, stream, session, flags, fin_follows),
+            Io::Uring(u) => u.send_ciphertext(key, stream, session, flags, fin_follows),
         }
     }
 

@@ -183,13 +183,16 @@ struct SendRec {
     /// TLS: the ciphertext, and how much of it is sent.
     tls: Vec<u8>,
     off: usize,
+    /// The worker shuts the socket down once this send completes: send with `MSG_MORE`, so that the FIN
+    /// rides in the last segment (see `Io::send_outbox`).
+    fin_follows: bool,
 }
 
 impl Default for SendRec {
     fn default() -> Self {
         // SAFETY: an all-zero msghdr is a valid empty header (null name, no iovecs, no control data).
         let msg = Box::new(unsafe { std::mem::zeroed::<libc::msghdr>() });
-        SendRec { key: 0, gen: 0, bufs: Vec::new(), iov: Vec::new(), msg, tls: Vec::new(), off: 0 }
+        SendRec { key: 0, gen: 0, bufs: Vec::new(), iov: Vec::new(), msg, tls: Vec::new(), off: 0, fin_follows: false }
     }
 }
 
@@ -393,8 +396,11 @@ impl UringIo {
         stream: &TcpStream,
         outbox: &mut Outbox,
         flags: &mut u16,
+        fin_follows: bool,
     ) -> io::Result<usize> {
         let mut rec = self.record_for(key);
+        rec.fin_follows = fin_follows;
+        let send_flags = send_flags(fin_follows);
         for b in outbox.queued() {
             rec.iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
             rec.bufs.push(b.clone());
@@ -407,11 +413,11 @@ impl UringIo {
         let entry = if let [one] = rec.iov[..] {
             // A longer buffer than a u32 counts is sent in part; the rest goes as a short write does.
             let len = u32::try_from(one.iov_len).unwrap_or(u32::MAX);
-            opcode::Send::new(fd, one.iov_base as *const u8, len).flags(libc::MSG_NOSIGNAL).build()
+            opcode::Send::new(fd, one.iov_base as *const u8, len).flags(send_flags).build()
         } else {
             rec.msg.msg_iov = rec.iov.as_mut_ptr();
             rec.msg.msg_iovlen = rec.iov.len();
-            opcode::SendMsg::new(fd, &*rec.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+            opcode::SendMsg::new(fd, &*rec.msg).flags(send_flags as u32).build()
         };
         let index = self.sends.insert(rec);
         // SAFETY: the header, the iovecs and the bytes they point to are owned by the record (the header boxed,
@@ -428,8 +434,10 @@ impl UringIo {
         stream: &TcpStream,
         session: &mut TlsSession,
         flags: &mut u16,
+        fin_follows: bool,
     ) -> io::Result<usize> {
         let mut rec = self.record_for(key);
+        rec.fin_follows = fin_follows;
         session.drain_tls_into(&mut rec.tls);
         let index = self.sends.insert(rec);
         self.submit_tls(index, stream.as_raw_fd());
@@ -442,7 +450,7 @@ impl UringIo {
         let Some(rec) = self.sends.get(index) else { return };
         let rest = &rec.tls[rec.off..];
         let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(send_flags(rec.fin_follows))
             .build()
             .user_data(user_data(Op::Send, 0, index));
         // SAFETY: the ciphertext is owned by the record, which stays in `sends` until the completion.
@@ -515,11 +523,21 @@ impl UringIo {
             rec.iov.clear();
             rec.tls.clear();
             rec.off = 0;
+            rec.fin_follows = false;
             if rec.tls.capacity() > 64 * 1024 {
                 rec.tls = Vec::new();
             }
             self.spare.push(rec);
         }
+    }
+}
+
+/// The flags of a send: `MSG_MORE` too when the connection's FIN follows it.
+fn send_flags(fin_follows: bool) -> i32 {
+    if fin_follows {
+        libc::MSG_NOSIGNAL | libc::MSG_MORE
+    } else {
+        libc::MSG_NOSIGNAL
     }
 }
 
