@@ -124,6 +124,7 @@ series! {
     Subscriptions => "herald_subscriptions", Gauge, "", "Subscriptions held, per worker.";
     Topics => "herald_topics", Gauge, "", "Topics with local subscribers (what max_topics_per_worker caps), per worker.";
     TopicsKnown => "herald_topics_known", Gauge, "", "Topics the worker indexes: its own and those only other workers' clients use, per worker.";
+    TimerChecks => "herald_timer_checks_total", Counter, "", "Connections the timer looked at because one of their deadlines (handshake, close, idle, ping, auth) was due: the timer's work, which does not grow with idle connections.";
     OutboxBytes => "herald_outbox_bytes", Gauge, "", "Bytes queued for writing, per worker (sampled each loop turn).";
     ReceiveBytes => "herald_receive_buffer_bytes", Gauge, "", "Memory held for partly received requests and messages, per worker.";
     TlsOpen => "herald_tls_connections", Gauge, "", "Open TLS connections (handshaking or established), per worker.";

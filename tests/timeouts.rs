@@ -143,3 +143,29 @@ fn unanswered_server_close_is_dropped_after_close_timeout() {
     let waited = at.elapsed();
     assert!(waited >= Duration::from_millis(250), "dropped after {waited:?}, before close_timeout");
 }
+
+/// The timer looks at a connection when one of its deadlines is due, not at every connection on every tick:
+/// 200 upgraded connections whose next deadline (a ping every 5 s) is far off cost the timer nothing in a
+/// second (a sweep of all of them every 100 ms would be 2000 looks), while one that never finishes its
+/// request is still closed at `handshake_timeout`. (Each upgraded connection is looked at once when its
+/// handshake deadline, which the upgrade made moot, comes up: the test waits that out first.)
+#[test]
+fn idle_connections_cost_the_timer_nothing_until_a_deadline_is_due() {
+    let server = Server::start(&["--workers", "1", "--ping-interval", "5s", "--handshake-timeout", "500ms"]);
+    let idle: Vec<RawWs> = (0..200).map(|_| RawWs::connect(server.addr, "/echo")).collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let before = server.metric("herald_timer_checks_total");
+    std::thread::sleep(Duration::from_secs(1));
+    let looked = server.metric("herald_timer_checks_total") - before;
+    assert!(looked < 20, "the timer looked at idle connections {looked} times in a second");
+    let mut stalled = std::net::TcpStream::connect(server.addr).expect("connect");
+    std::io::Write::write_all(&mut stalled, b"GET /echo HTTP/1.1\r\n").expect("half a request");
+    stalled.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = stalled.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+    assert!(started.elapsed() < Duration::from_millis(1500), "closed after {:?}", started.elapsed());
+    assert!(server.metric("herald_timer_checks_total") > before + looked, "the stalled request was looked at");
+    drop(idle);
+}

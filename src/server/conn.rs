@@ -11,11 +11,12 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::outbox::Outbox;
+use super::timers::Tick;
 use super::transport::Transport;
 use crate::broker::index::SubId;
 use crate::broker::rate::Gcra;
 use crate::protocol::auth::ConnAuth;
-use crate::protocol::conn::Connection;
+use crate::protocol::conn::{ConnSettings, Connection};
 
 /// What a WebSocket connection is for (from its path).
 #[derive(Debug)]
@@ -90,6 +91,9 @@ pub const VIA_PROXY: u16 = 128;
 /// Flag: a send is in flight (io_uring): its bytes belong to the kernel until the completion, and nothing more
 /// is written to the socket before it.
 pub const SENDING: u16 = 256;
+/// Flag: in the worker's list of connections whose outbox the next timer tick looks at (its memory given back
+/// once empty, its bytes counted while not).
+pub const SWEEP: u16 = 512;
 
 /// A connection owned by one worker.
 #[derive(Debug)]
@@ -110,10 +114,12 @@ pub struct Conn {
     /// Its auth state (`Off` when auth is not in force).
     pub auth: ConnAuth,
     /// `DIRTY`, `WRITE_WAIT`, `READ_AGAIN`, `SHUT_WR`, `PEER_EOF`, `PEER_HUP`, `READ_PAUSED`, `VIA_PROXY`,
-    /// `SENDING`.
+    /// `SENDING`, `SWEEP`.
     pub flags: u16,
     /// Receive memory (read buffer plus message reassembly) counted against the worker's budget.
     pub held: u32,
+    /// The tick of its live entry in the worker's timers (0: none).
+    pub timer_at: Tick,
 }
 
 impl Conn {
@@ -129,6 +135,20 @@ impl Conn {
             auth: ConnAuth::Off,
             flags: 0,
             held: 0,
+            timer_at: 0,
+        }
+    }
+
+    /// When the worker's timer must next look at it (given the clocks `now` and `unix` read together): its
+    /// HTTP or closing deadline, or its WebSocket core's (idle, ping, close) and its auth state's, whichever
+    /// comes first. `None`: nothing of it can time out.
+    pub fn next_deadline(&self, settings: &ConnSettings, now: Instant, unix: u64) -> Option<Instant> {
+        match &self.phase {
+            Phase::Http { deadline } | Phase::Closing { deadline } => Some(*deadline),
+            Phase::WebSocket { core, .. } => match (core.poll_timeout(settings), self.auth.deadline(now, unix)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         }
     }
 

@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod pool;
 pub mod rlimit;
 mod secure;
+pub mod timers;
 pub mod transport;
 pub mod trim;
 pub mod worker;

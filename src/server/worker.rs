@@ -21,11 +21,12 @@ use slab::Slab;
 
 use super::compress::WorkerDeflate;
 use super::conn::{
-    Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SENDING, SHUT_WR, VIA_PROXY,
+    Conn, Endpoint, Phase, DIRTY, PEER_EOF, PEER_HUP, READ_AGAIN, READ_PAUSED, SENDING, SHUT_WR, SWEEP, VIA_PROXY,
 };
 use super::driver::Io;
 use super::loglimit::LogLimit;
 use super::pool::ReadPool;
+use super::timers::Timers;
 use super::transport::{TlsConn, Transport};
 use crate::broker::index::{Batch, ConnKey, Deliver, TopicIndex};
 use crate::broker::mesh::{Inbox, MeshEnd, MeshMsg};
@@ -35,7 +36,7 @@ use crate::protocol::auth::session::Lapse;
 use crate::protocol::auth::{AuthPolicy, ConnAuth, WorkerAuth, CLOSE_UNAUTHORIZED};
 use crate::protocol::close::CloseCode;
 use crate::protocol::codec::DecodeLimits;
-use crate::protocol::conn::{ConnSettings, Ending};
+use crate::protocol::conn::{ConnSettings, Connection, Ending};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::proxy;
 use crate::protocol::Role;
@@ -129,6 +130,11 @@ pub struct Worker {
     /// Seconds since the Unix epoch at the start of this turn (for token expiry).
     pub(super) unix: u64,
     next_tick: Instant,
+    /// When each connection next has a deadline: what a tick looks at.
+    timers: Timers,
+    /// Connections whose outbox was used since the last tick (`SWEEP`): the tick gives an empty one's memory
+    /// back and counts the bytes still queued.
+    swept: Vec<ConnKey>,
     drain: Drain,
     drain_deadline: Option<Instant>,
     /// Peers whose shutdown marker has arrived.
@@ -285,6 +291,8 @@ impl Worker {
             now,
             unix: unix_now(),
             next_tick: now + TICK,
+            timers: Timers::new(now, TICK),
+            swept: Vec::new(),
             drain: Drain::Running,
             drain_deadline: None,
             peers_drained: 0,
@@ -455,6 +463,7 @@ impl Worker {
             conn.flags |= VIA_PROXY;
         }
         self.metrics.inc(Metric::ConnectionsOpen);
+        self.arm(key);
         Some(key)
     }
 
@@ -740,7 +749,14 @@ impl Worker {
     }
 
     /// Acts on the bytes in the connection's read buffer according to its phase.
+    /// Acts on what `key` has read, then arms its timer for whatever deadline that gave it (an upgrade, a
+    /// closing answer, a close sent).
     fn process(&mut self, key: ConnKey) {
+        self.process_input(key);
+        self.arm(key);
+    }
+
+    fn process_input(&mut self, key: ConnKey) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
             match conn.phase {
@@ -795,6 +811,17 @@ impl Worker {
     /// is full it waits for the WRITABLE edge like any other byte (re-queueing the connection instead would
     /// spin the worker on a peer that never reads).
     pub(super) fn flush_conn(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.flags & SWEEP == 0 {
+                conn.flags |= SWEEP;
+                self.swept.push(key);
+            }
+        }
+        self.flush_queued(key);
+        self.arm(key);
+    }
+
+    fn flush_queued(&mut self, key: ConnKey) {
         loop {
             self.move_control(key);
             let Some(conn) = self.conns.get_mut(key) else { return };
@@ -1012,55 +1039,26 @@ impl Worker {
     /// Timers: handshake deadlines, pings, idle timeouts, close waits and lingers.
     fn tick(&mut self) {
         let now = self.now;
-        let unix = self.unix;
+        let mut due = Vec::new();
+        while let Some((key, tick)) = self.timers.pop_due(now) {
+            if let Some(conn) = self.conns.get_mut(key).filter(|c| c.timer_at == tick) {
+                conn.timer_at = 0;
+                due.push(key);
+            }
+        }
+        self.metrics.add(Metric::TimerChecks, due.len() as u64);
         let mut expired = Vec::new();
         let mut touched = Vec::new();
-        let mut queued = 0u64;
-        for (key, conn) in self.conns.iter_mut() {
-            queued += conn.outbox.len_bytes() as u64;
-            conn.outbox.release_if_empty();
-            match &mut conn.phase {
-                Phase::Http { deadline } => {
-                    if now >= *deadline {
-                        self.metrics.inc(Metric::HandshakeTimeouts);
-                        if conn.transport.is_handshaking() {
-                            // A TLS client that has not finished its handshake cannot read an HTTP answer.
-                            super::secure::count_handshake_end(conn, &mut self.metrics, Metric::TlsTimeout);
-                        } else if !conn.rbuf.is_empty() {
-                            // A request was started but not finished in time: say so (best effort), then go.
-                            super::secure::write_last_words(conn, REQUEST_TIMEOUT);
-                        }
-                        expired.push(key);
-                    }
-                }
-                Phase::Closing { deadline } => {
-                    if now >= *deadline {
-                        expired.push(key);
-                    }
-                }
-                Phase::WebSocket { core, .. } => {
-                    if let Some(lapse) = conn.auth.lapsed(now, unix) {
-                        if core.can_send() {
-                            self.metrics.inc(match lapse {
-                                Lapse::Timeout => Metric::AuthTimeouts,
-                                Lapse::Expired => Metric::AuthExpired,
-                            });
-                            core.close(CloseCode(CLOSE_UNAUTHORIZED), lapse.reason());
-                            conn.auth = ConnAuth::Off;
-                            touched.push(key);
-                        }
-                    }
-                    if core.poll_timeout(&self.settings).is_some_and(|t| now >= t) {
-                        core.handle_timeout(now, &self.settings);
-                        if core.is_expired(now) {
-                            expired.push(key);
-                        } else if core.has_pending_control() {
-                            touched.push(key);
-                        }
-                    }
+        for &key in &due {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if check_deadlines(conn, now, self.unix, &self.settings, &mut self.metrics) {
+                    expired.push(key);
+                } else if conn.core().is_some_and(Connection::has_pending_control) {
+                    touched.push(key);
                 }
             }
         }
+        let queued = self.sweep_outboxes();
         self.metrics.set(Metric::OutboxBytes, queued);
         self.pool.trim(now);
         self.metrics.set(Metric::PooledReadBuffers, self.pool.len() as u64);
@@ -1073,8 +1071,53 @@ impl Worker {
                 mark_dirty(conn, key, &mut self.dirty);
             }
         }
+        // Not before the next tick: a deadline that is still due (an auth lapse that cannot be said yet) is
+        // looked at again then, as before, and this loop cannot come back to it.
+        let soonest = now + TICK;
+        for key in due {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if let Some(at) = conn.next_deadline(&self.settings, now, self.unix) {
+                self.timers.arm(&mut conn.timer_at, key, at.max(soonest));
+            }
+        }
         self.flush_dirty();
+        if self.timers.len() > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.timers.retain(|key, tick| conns.get(key).is_some_and(|c| c.timer_at == tick));
+        }
         super::trim::on_tick(self);
+    }
+
+    /// The outboxes used since the last tick: an empty one gives its memory back (a busy subscriber keeps its
+    /// small queue between messages, an idle one holds none), one still holding bytes stays on the list.
+    /// Returns the bytes queued.
+    fn sweep_outboxes(&mut self) -> u64 {
+        let mut queued = 0u64;
+        let mut kept = Vec::new();
+        for key in std::mem::take(&mut self.swept) {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.flags & SWEEP != 0) else { continue };
+            conn.flags &= !SWEEP;
+            conn.outbox.release_if_empty();
+            if !conn.outbox.is_empty() {
+                queued += conn.outbox.len_bytes() as u64;
+                kept.push(key);
+            }
+        }
+        for &key in &kept {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.flags |= SWEEP;
+            }
+        }
+        self.swept = kept;
+        queued
+    }
+
+    /// Makes sure the timer looks at `key` by its next deadline.
+    fn arm(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let Some(at) = conn.next_deadline(&self.settings, self.now, self.unix) {
+            self.timers.arm(&mut conn.timer_at, key, at);
+        }
     }
 
     /// Shutdown, first step: stop accepting and reading (so this worker publishes nothing more), send what is
@@ -1120,6 +1163,45 @@ impl Worker {
             self.schedule_read(key);
         }
     }
+}
+
+/// What a tick does for one connection that has a deadline due: closes what timed out (returns true: the
+/// caller closes it), says 4401/4403 for a lapsed auth, runs the WebSocket core's idle, ping and close
+/// timers.
+fn check_deadlines(conn: &mut Conn, now: Instant, unix: u64, settings: &ConnSettings, metrics: &mut Counters) -> bool {
+    match &mut conn.phase {
+        Phase::Http { deadline } => {
+            if now >= *deadline {
+                metrics.inc(Metric::HandshakeTimeouts);
+                if conn.transport.is_handshaking() {
+                    // A TLS client that has not finished its handshake cannot read an HTTP answer.
+                    super::secure::count_handshake_end(conn, metrics, Metric::TlsTimeout);
+                } else if !conn.rbuf.is_empty() {
+                    // A request was started but not finished in time: say so (best effort), then go.
+                    super::secure::write_last_words(conn, REQUEST_TIMEOUT);
+                }
+                return true;
+            }
+        }
+        Phase::Closing { deadline } => return now >= *deadline,
+        Phase::WebSocket { core, .. } => {
+            if let Some(lapse) = conn.auth.lapsed(now, unix) {
+                if core.can_send() {
+                    metrics.inc(match lapse {
+                        Lapse::Timeout => Metric::AuthTimeouts,
+                        Lapse::Expired => Metric::AuthExpired,
+                    });
+                    core.close(CloseCode(CLOSE_UNAUTHORIZED), lapse.reason());
+                    conn.auth = ConnAuth::Off;
+                }
+            }
+            if core.poll_timeout(settings).is_some_and(|t| now >= t) {
+                core.handle_timeout(now, settings);
+                return core.is_expired(now);
+            }
+        }
+    }
+    false
 }
 
 /// A client already at `max_connections_per_ip`.

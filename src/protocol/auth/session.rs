@@ -6,7 +6,7 @@
 //! inline; only the per-message cache allocates.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -89,6 +89,18 @@ impl ConnAuth {
             ConnAuth::Granted { expires, .. } => (unix >= u64::from(*expires)).then_some(Lapse::Expired),
             ConnAuth::PerMessage { cache: None, expires } => (unix >= *expires).then_some(Lapse::Timeout),
             ConnAuth::PerMessage { expires, .. } => (unix >= *expires).then_some(Lapse::Expired),
+        }
+    }
+
+    /// When [`lapsed`](Self::lapsed) will next say so, given the clocks `now` and `unix` (Unix seconds) read
+    /// together: the worker's timer looks at the connection then. `None`: never.
+    pub fn deadline(&self, now: Instant, unix: u64) -> Option<Instant> {
+        let at_unix = |expires: u64| now.checked_add(Duration::from_secs(expires.saturating_sub(unix)));
+        match self {
+            ConnAuth::Off => None,
+            ConnAuth::Awaiting { deadline } => Some(*deadline),
+            ConnAuth::Granted { expires, .. } => at_unix(u64::from(*expires)),
+            ConnAuth::PerMessage { expires, .. } => at_unix(*expires),
         }
     }
 
@@ -191,6 +203,23 @@ mod tests {
         assert_eq!((plain.token.as_str(), escaped.token.as_str()), ("t", "t"));
         assert!(parse_auth_message(br#"{"type":"\u0061uthx","token":"t"}"#).is_none());
         assert!(parse_auth_message(br#"{"type":"publish","topic":"auth"}"#).is_none());
+    }
+
+    #[test]
+    fn the_deadline_is_when_the_auth_state_lapses() {
+        let now = Instant::now();
+        let unix = 1_000_000;
+        let granted = ConnAuth::Granted { grants: Arc::new(Grants::default()), expires: 1_000_030, subject: 0 };
+        let at = granted.deadline(now, unix).expect("a token expires");
+        assert_eq!(at - now, Duration::from_secs(30));
+        assert!(granted.lapsed(now, unix + 29).is_none() && granted.lapsed(now, unix + 30).is_some());
+        let awaiting = ConnAuth::Awaiting { deadline: now + Duration::from_secs(5) };
+        assert_eq!(awaiting.deadline(now, unix), Some(now + Duration::from_secs(5)));
+        let never = ConnAuth::PerMessage { cache: None, expires: u64::MAX };
+        assert_eq!(never.deadline(now, unix), None, "u64::MAX is 'no token limits it'");
+        assert_eq!(ConnAuth::Off.deadline(now, unix), None);
+        let past = ConnAuth::PerMessage { cache: None, expires: unix - 5 };
+        assert_eq!(past.deadline(now, unix), Some(now), "an expiry already past is due now");
     }
 
     #[test]
