@@ -84,6 +84,11 @@ struct CommonArgs {
     /// wss://: accept any server certificate (handshake signatures are still verified).
     #[arg(long)]
     insecure: bool,
+    /// wss:// with --ca: verify the server's chain on every connection. By default a chain verified once is
+    /// trusted again for 60 s when the same chain comes for the same name, as browsers cache their
+    /// verifications; the handshake signature is verified on every connection either way.
+    #[arg(long)]
+    verify_every_chain: bool,
     /// wss://: resume TLS sessions (one ticket cache shared by every connection of the run); default: every
     /// connection makes a full handshake.
     #[arg(long)]
@@ -438,13 +443,17 @@ fn engine_config(c: &CommonArgs, pub_urls: &[String]) -> anyhow::Result<EngineCo
 fn client_tls(c: &CommonArgs, targets: &[Target]) -> anyhow::Result<Option<tls::ClientTls>> {
     let target = &targets[0];
     if !target.tls {
-        if c.ca.is_some() || c.insecure || c.tls_resume || c.server_name.is_some() {
+        if c.ca.is_some() || c.insecure || c.tls_resume || c.server_name.is_some() || c.verify_every_chain {
             return Err(tls::TlsSetupError::NotWss.into());
         }
         return Ok(None);
     }
+    if c.verify_every_chain && c.ca.is_none() {
+        bail!("--verify-every-chain goes with --ca (with --insecure no chain is verified at all)");
+    }
     let trust = match (&c.ca, c.insecure) {
         (Some(_), true) => return Err(tls::TlsSetupError::BothTrust.into()),
+        (Some(path), false) if c.verify_every_chain => tls::Trust::CaEveryChain(path.clone()),
         (Some(path), false) => tls::Trust::Ca(path.clone()),
         (None, true) => tls::Trust::Insecure,
         (None, false) => return Err(tls::TlsSetupError::NoTrust.into()),

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption,
     Tls13ClientSessionValue, UnbufferedClientConnection,
@@ -84,8 +85,13 @@ pub enum TlsSetupError {
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
-    /// Trust the certificates in this PEM file.
+    /// Trust the certificates in this PEM file. A chain is verified against them once and the verdict reused
+    /// for connections that present the same chain for the same name within [`CHAIN_CACHE_TTL`], as browsers'
+    /// verifiers cache theirs (Chrome's `CachingCertVerifier`); the handshake signature is checked on every
+    /// connection.
     Ca(PathBuf),
+    /// The same, with the chain verified again on every connection (`--verify-every-chain`).
+    CaEveryChain(PathBuf),
     /// Accept any certificate (signatures are still verified).
     Insecure,
 }
@@ -167,7 +173,17 @@ impl ClientTls {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
         let mut config = match &trust {
-            Trust::Ca(path) => builder.with_root_certificates(load_roots(path)?).with_no_client_auth(),
+            Trust::CaEveryChain(path) => builder.with_root_certificates(load_roots(path)?).with_no_client_auth(),
+            Trust::Ca(path) => {
+                let roots = Arc::new(load_roots(path)?);
+                let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError::BadCa { path: path.clone(), detail: e.to_string() })?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(CachedChain { inner, last: Mutex::new(None) }))
+                    .with_no_client_auth()
+            }
             Trust::Insecure => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
@@ -223,10 +239,11 @@ impl ClientTls {
             enabled: true,
             verify: match self.trust {
                 Trust::Ca(_) => "ca",
+                Trust::CaEveryChain(_) => "ca, every chain verified",
                 Trust::Insecure => "insecure",
             },
             ca: match &self.trust {
-                Trust::Ca(path) => Some(path.display().to_string()),
+                Trust::Ca(path) | Trust::CaEveryChain(path) => Some(path.display().to_string()),
                 Trust::Insecure => None,
             },
             server_name: self.server_name.to_str().into_owned(),
@@ -323,6 +340,87 @@ impl ClientSessionStore for TicketStore {
     fn take_tls13_ticket(&self, _server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
         // Newest first: the freshest ticket is the least likely to have expired.
         self.tls13.lock().ok()?.pop_back()
+    }
+}
+
+/// How long a verified chain is trusted again without a new check ([`Trust::Ca`]).
+pub const CHAIN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `--ca`: webpki's verifier, whose last verdict is reused for the same chain and name within
+/// [`CHAIN_CACHE_TTL`]. A benchmark's connections all get the same chain, and walking it (an ECDSA or RSA
+/// verification of the leaf by the CA) cost loadgen about a fifth of a full handshake: the server under test
+/// then waited for loadgen instead of working. The handshake signature, which proves the server holds the key,
+/// is verified on every connection.
+#[derive(Debug)]
+struct CachedChain {
+    inner: Arc<WebPkiServerVerifier>,
+    last: Mutex<Option<Verdict>>,
+}
+
+/// A chain (leaf first) verified for `name`, trusted until `until` (Unix seconds).
+#[derive(Debug)]
+struct Verdict {
+    chain: Vec<Vec<u8>>,
+    name: String,
+    until: u64,
+}
+
+impl Verdict {
+    fn covers(&self, end_entity: &[u8], intermediates: &[CertificateDer<'_>], name: &str, now: u64) -> bool {
+        now < self.until
+            && self.name == name
+            && self.chain.len() == intermediates.len() + 1
+            && self.chain[0] == end_entity
+            && self.chain[1..].iter().zip(intermediates).all(|(a, b)| a[..] == b[..])
+    }
+}
+
+impl ServerCertVerifier for CachedChain {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = server_name.to_str();
+        let secs = now.as_secs();
+        let cached = self
+            .last
+            .lock()
+            .is_ok_and(|v| v.as_ref().is_some_and(|v| v.covers(end_entity, intermediates, &name, secs)));
+        if cached {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if let Ok(mut last) = self.last.lock() {
+            let chain = std::iter::once(end_entity).chain(intermediates).map(|c| c.to_vec()).collect();
+            *last = Some(Verdict { chain, name: name.into_owned(), until: secs + CHAIN_CACHE_TTL.as_secs() });
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -391,6 +391,26 @@ fn a_certificate_from_another_ca_is_reported_as_rejected() {
     }
 }
 
+/// `--ca` reuses the verdict on a chain it verified, but only for that chain: a client that has just accepted
+/// the right server's chain still rejects a chain from another CA.
+#[test]
+fn a_cached_chain_verdict_does_not_cover_another_chain() {
+    let pki = Pki::new("cached");
+    let other = Pki::new("impostor");
+    let client = pki.client(false);
+    for _ in 0..2 {
+        let pair = Pair::connected(&client, pki.server_config());
+        assert!(!pair.client.is_handshaking(), "the trusted chain passes, from the cache the second time");
+    }
+    let mut pair = Pair::new(&client, other.server_config());
+    pair.client_reads_would_block();
+    pair.client_to_server().expect("client hello");
+    pair.server_to_wire();
+    let mut out = [0u8; 64];
+    let e = pair.read(&mut out).expect_err("another CA's chain is verified, and fails");
+    assert_eq!(classify(&e), Some(Failure::TlsCertificate("unknown issuer")));
+}
+
 #[test]
 fn plaintext_written_during_the_handshake_goes_out_behind_the_client_finished() {
     let pki = Pki::new("early");
