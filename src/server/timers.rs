@@ -35,7 +35,8 @@ impl Timers {
     /// The tick `at` falls in (at least 1: 0 is "none"). A deadline is due at the first timer run in or after
     /// its tick, which looks again at the exact time.
     pub fn tick_of(&self, at: Instant) -> Tick {
-        let since = at.saturating_duration_since(self.epoch).as_nanos() / self.period.as_nanos().max(1);
+        let millis = |d: Duration| d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis()));
+        let since = millis(at.saturating_duration_since(self.epoch)) / millis(self.period).max(1);
         Tick::try_from(since).unwrap_or(Tick::MAX - 1).saturating_add(1)
     }
 

@@ -818,7 +818,11 @@ impl Worker {
             }
         }
         self.flush_queued(key);
-        self.arm(key);
+        // A flush moves a deadline earlier only when it ends something: our close frame went out (the close
+        // timeout starts) or a closing HTTP answer is queued. A subscriber's ordinary flush arms nothing.
+        if self.conns.get(key).is_some_and(|c| !c.can_send()) {
+            self.arm(key);
+        }
     }
 
     fn flush_queued(&mut self, key: ConnKey) {
