@@ -748,7 +748,6 @@ impl Worker {
         }
     }
 
-    /// Acts on the bytes in the connection's read buffer according to its phase.
     /// Acts on what `key` has read, then arms its timer for whatever deadline that gave it (an upgrade, a
     /// closing answer, a close sent).
     fn process(&mut self, key: ConnKey) {
@@ -756,6 +755,7 @@ impl Worker {
         self.arm(key);
     }
 
+    /// Acts on the bytes in the connection's read buffer according to its phase.
     fn process_input(&mut self, key: ConnKey) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
@@ -825,6 +825,7 @@ impl Worker {
         }
     }
 
+    /// [`Worker::flush_conn`]'s work: the control frames, the writes and the end of life.
     fn flush_queued(&mut self, key: ConnKey) {
         loop {
             self.move_control(key);
@@ -1040,7 +1041,8 @@ impl Worker {
         self.metrics.sub(Metric::ConnectionsOpen, 1);
     }
 
-    /// Timers: handshake deadlines, pings, idle timeouts, close waits and lingers.
+    /// Timers: handshake deadlines, pings, idle timeouts, close waits and lingers, for the connections whose
+    /// entry in [`Timers`] has come up; then the outboxes used since the last tick.
     fn tick(&mut self) {
         let now = self.now;
         let mut due = Vec::new();
