@@ -477,3 +477,20 @@ fn the_worker_token_cache_stays_within_its_capacity() {
         assert!(mem.tokens.len() <= 8, "{} entries", mem.tokens.len());
     }
 }
+
+#[test]
+fn the_deadline_is_when_the_auth_state_lapses() {
+    let now = Instant::now();
+    let unix = 1_000_000;
+    let granted = ConnAuth::Granted { grants: Arc::new(Grants::default()), expires: 1_000_030, subject: 0 };
+    let at = granted.deadline(now, unix).expect("a token expires");
+    assert_eq!(at - now, Duration::from_secs(30));
+    assert!(granted.lapsed(now, unix + 29).is_none() && granted.lapsed(now, unix + 30).is_some());
+    let awaiting = ConnAuth::Awaiting { deadline: now + Duration::from_secs(5) };
+    assert_eq!(awaiting.deadline(now, unix), Some(now + Duration::from_secs(5)));
+    let never = ConnAuth::PerMessage { cache: None, expires: u64::MAX };
+    assert_eq!(never.deadline(now, unix), None, "u64::MAX is 'no token limits it'");
+    assert_eq!(ConnAuth::Off.deadline(now, unix), None);
+    let past = ConnAuth::PerMessage { cache: None, expires: unix - 5 };
+    assert_eq!(past.deadline(now, unix), Some(now), "an expiry already past is due now");
+}
