@@ -127,11 +127,11 @@ struct LastWords<'a>(SockRef<'a>);
 
 impl Write for LastWords<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        self.0.send_with_flags(buf, super::send_flags(true))
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.send_vectored_with_flags(bufs, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        self.0.send_vectored_with_flags(bufs, super::send_flags(true))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -121,3 +121,13 @@ impl Io {
         }
     }
 }
+
+/// The flags of a send (both drivers): `MSG_MORE` too when the connection's FIN follows it (see
+/// [`Io::send_outbox`]).
+pub(super) fn send_flags(fin_follows: bool) -> i32 {
+    if fin_follows {
+        libc::MSG_NOSIGNAL | libc::MSG_MORE
+    } else {
+        libc::MSG_NOSIGNAL
+    }
+}

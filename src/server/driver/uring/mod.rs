@@ -40,6 +40,7 @@ use slab::Slab;
 
 use self::bufring::BufRing;
 use self::wake::EventFd;
+use super::send_flags;
 use super::Io;
 use crate::broker::index::ConnKey;
 use crate::config::Config;
@@ -529,15 +530,6 @@ impl UringIo {
             }
             self.spare.push(rec);
         }
-    }
-}
-
-/// The flags of a send: `MSG_MORE` too when the connection's FIN follows it.
-fn send_flags(fin_follows: bool) -> i32 {
-    if fin_follows {
-        libc::MSG_NOSIGNAL | libc::MSG_MORE
-    } else {
-        libc::MSG_NOSIGNAL
     }
 }
 
